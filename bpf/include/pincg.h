@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Definitions shared by the BPF programs and the Rust agent.
+ *
+ * The agent reads these types from the skeleton's BTF (libbpf-cargo
+ * generates them in `skel::types`), so a change here is a change to both
+ * sides. A changed map layout makes libbpf refuse to reuse the pinned maps
+ * of an older agent; `pincg unload` clears them.
+ */
+#ifndef PINCG_H
+#define PINCG_H
+
+/* Deepest cgroup level whose ancestors are charged individually. */
+#define PINCG_MAX_DEPTH 16
+
+/* Sizing of the maps (see docs/architecture.md, "BPF map sizing"). */
+#define PINCG_MAX_OBJECTS 131072
+#define PINCG_MAX_CGROUPS 16384
+
+/* Keep in sync with cgroup-spec's `Source` (a unit test checks). */
+enum pincg_source {
+	PINCG_SRC_VFIO = 0,
+	PINCG_SRC_IOMMUFD = 1,
+	PINCG_SRC_RDMA = 2,
+	PINCG_SRC_IO_URING = 3,
+	PINCG_SRC_XDP = 4,
+	PINCG_SRC_OTHER = 5,
+	PINCG_NR_SOURCES = 6,
+};
+
+/* Health counters, one slot each in the `counters` array map. */
+enum pincg_counter {
+	/* A pin object could not be recorded: the objects map is full. */
+	PINCG_CNT_LEDGER_FULL = 0,
+	/* A cgroup could not get a usage entry: the usage map is full. */
+	PINCG_CNT_USAGE_FULL = 1,
+	/* A charge arrived for a key already in the ledger (missed release). */
+	PINCG_CNT_STALE_OBJECT = 2,
+	/* A release for an object the ledger never saw (pinned before load). */
+	PINCG_CNT_UNKNOWN_RELEASE = 3,
+	/* Charges and releases recorded. */
+	PINCG_CNT_CHARGES = 4,
+	PINCG_CNT_RELEASES = 5,
+	PINCG_NR_COUNTERS = 6,
+};
+
+/* Ledger key: one long-term pin object of one subsystem. */
+struct pin_key {
+	__u64 object;		/* kernel address of the subsystem's pin object */
+	enum pincg_source source;
+	__u32 pad;
+};
+
+/* Ledger value: who was charged, and for what. */
+struct pin_object {
+	__u64 bytes;		/* bytes of pages pinned, page-granular */
+	__u64 addr;		/* user address of the pinned range */
+	__u64 since_ns;		/* bpf_ktime_get_boot_ns() at charge time */
+	__u64 cgroup;		/* cgroup v2 id charged (the pinner's) */
+	/* Ids of the cgroups charged, root (level 0) first; `depth` valid. */
+	__u64 ancestors[PINCG_MAX_DEPTH];
+	__u32 depth;
+	__u32 tgid;		/* pinning process */
+	char comm[16];
+};
+
+/* Usage of one cgroup, per source. */
+struct cgroup_usage {
+	__u64 local[PINCG_NR_SOURCES];	/* charged to this cgroup itself */
+	__u64 total[PINCG_NR_SOURCES];	/* this cgroup and its descendants */
+};
+
+#endif /* PINCG_H */

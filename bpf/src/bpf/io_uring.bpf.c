@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * io_uring registered buffers (IORING_REGISTER_BUFFERS, BUFFERS2,
+ * BUFFERS_UPDATE, CLONE_BUFFERS, UNREGISTER, ring teardown).
+ *
+ * The pin object is the `struct io_mapped_ubuf *`. Registration always runs
+ * in the io_uring_register(2) caller, so the charge goes to the current
+ * task's cgroup. Release runs wherever the last reference drops (the
+ * syscall, task_work, or the iou_exit kworker at ring teardown) and returns
+ * the charge to the cgroup recorded in the ledger.
+ *
+ * Two program variants; the loader picks one pair from the kernel's BTF:
+ *   v61: 6.1 .. 6.12  io_sqe_buffer_register(ctx, iov, pimu, last_hpage)
+ *                     io_buffer_unmap(ctx, slot)
+ *   v72: 7.x          io_sqe_buffer_register(ctx, iov) -> io_rsrc_node *
+ *                     io_free_rsrc_node(ctx, node)
+ */
+#include "ledger.bpf.h"
+
+/* 6.1: the range is [ubuf, ubuf_end); no refcount (no clones). */
+struct io_mapped_ubuf___v61 {
+	__u64 ubuf;
+	__u64 ubuf_end;
+} __attribute__((preserve_access_index));
+
+/* 6.12+: `len` is 32 bits on 6.12 and size_t on 7.x; `refs` counts clones. */
+struct io_mapped_ubuf___v612 {
+	__u64 ubuf;
+	unsigned int len;
+	refcount_t refs;
+} __attribute__((preserve_access_index));
+
+/* 7.x: the buffer table holds rsrc nodes. */
+struct io_rsrc_node___v72 {
+	unsigned char type;
+	struct io_mapped_ubuf___v612 *buf;
+} __attribute__((preserve_access_index));
+
+struct io_mapped_ubuf___v72 {
+	__u8 flags;
+} __attribute__((preserve_access_index));
+
+#define IORING_RSRC_BUFFER 1
+#define IO_REGBUF_F_KBUF 1
+/* The shared placeholder of sparse slots has an invalid range start. */
+#define DUMMY_UBUF_START (~0ULL)
+
+/* Start address and page-granular pinned bytes of a registered buffer. */
+static __always_inline __u64 imu_span(void *imu, __u64 *start)
+{
+	struct io_mapped_ubuf___v61 *v61 = imu;
+	struct io_mapped_ubuf___v612 *v612 = imu;
+	__u64 len;
+
+	*start = BPF_CORE_READ(v612, ubuf);
+	if (bpf_core_field_exists(v61->ubuf_end))
+		len = BPF_CORE_READ(v61, ubuf_end) - *start;
+	else
+		len = BPF_CORE_READ_BITFIELD_PROBED(v612, len);
+	if (*start == DUMMY_UBUF_START)
+		return 0;
+	return page_span(*start, len);
+}
+
+/* True when this put drops the last reference (clones share the pages). */
+static __always_inline bool last_reference(void *imu)
+{
+	struct io_mapped_ubuf___v612 *v612 = imu;
+
+	if (!bpf_core_field_exists(v612->refs))
+		return true;
+	return BPF_CORE_READ(v612, refs.refs.counter) == 1;
+}
+
+static __always_inline void charge_imu(void *imu)
+{
+	__u64 start = 0, bytes;
+
+	if (!imu)
+		return;
+	bytes = imu_span(imu, &start);
+	ledger_charge_current((__u64)imu, PINCG_SRC_IO_URING, start, bytes);
+}
+
+static __always_inline void release_imu(void *imu)
+{
+	__u64 start = 0;
+
+	if (!imu || !imu_span(imu, &start) || !last_reference(imu))
+		return;
+	ledger_release((__u64)imu, PINCG_SRC_IO_URING);
+}
+
+SEC("fexit/io_sqe_buffer_register")
+int BPF_PROG(io_uring_register_v61, void *ring, struct iovec *iov, void **pimu,
+	     void *last_hpage, int ret)
+{
+	void *imu = NULL;
+
+	if (ret)
+		return 0;
+	bpf_probe_read_kernel(&imu, sizeof(imu), pimu);
+	charge_imu(imu);
+	return 0;
+}
+
+SEC("fentry/io_buffer_unmap")
+int BPF_PROG(io_uring_unmap_v61, void *ring, void **slot)
+{
+	void *imu = NULL;
+
+	bpf_probe_read_kernel(&imu, sizeof(imu), slot);
+	release_imu(imu);
+	return 0;
+}
+
+SEC("fexit/io_sqe_buffer_register")
+int BPF_PROG(io_uring_register_v72, void *ring, struct iovec *iov,
+	     struct io_rsrc_node___v72 *node)
+{
+	if (!node || (__u64)node >= (__u64)-4095)
+		return 0;
+	charge_imu(BPF_CORE_READ(node, buf));
+	return 0;
+}
+
+SEC("fentry/io_free_rsrc_node")
+int BPF_PROG(io_uring_free_node_v72, void *ring, struct io_rsrc_node___v72 *node)
+{
+	struct io_mapped_ubuf___v72 *imu;
+
+	if (BPF_CORE_READ(node, type) != IORING_RSRC_BUFFER)
+		return 0;
+	imu = (void *)BPF_CORE_READ(node, buf);
+	if (!imu || (BPF_CORE_READ(imu, flags) & IO_REGBUF_F_KBUF))
+		return 0;
+	release_imu(imu);
+	return 0;
+}

@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The ledger: one entry per live long-term pin object, recording the cgroup
+ * charged at pin time, and per-cgroup usage kept hierarchically.
+ *
+ * Every BPF object of pincg includes this header; the loader pins the maps
+ * under /sys/fs/bpf/pincg/maps so all objects (and restarted agents) share
+ * one ledger.
+ */
+#ifndef PINCG_LEDGER_BPF_H
+#define PINCG_LEDGER_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "pincg.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PINCG_MAX_OBJECTS);
+	__type(key, struct pin_key);
+	__type(value, struct pin_object);
+} objects SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PINCG_MAX_CGROUPS);
+	__type(key, __u64);
+	__type(value, struct cgroup_usage);
+} usage SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PINCG_NR_COUNTERS);
+	__type(key, enum pincg_counter);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Scratch space for building a pin_object (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pin_object);
+} scratch SEC(".maps");
+
+static __always_inline void count(enum pincg_counter which)
+{
+	__u32 key = which;
+	__u64 *slot = bpf_map_lookup_elem(&counters, &key);
+
+	if (slot)
+		__sync_fetch_and_add(slot, 1);
+}
+
+static __always_inline struct cgroup_usage *usage_of(__u64 cgroup)
+{
+	static const struct cgroup_usage zero;
+	struct cgroup_usage *u = bpf_map_lookup_elem(&usage, &cgroup);
+
+	if (u)
+		return u;
+	/* BPF_NOEXIST: a concurrent creator wins and we use its entry. */
+	bpf_map_update_elem(&usage, &cgroup, &zero, BPF_NOEXIST);
+	u = bpf_map_lookup_elem(&usage, &cgroup);
+	if (!u)
+		count(PINCG_CNT_USAGE_FULL);
+	return u;
+}
+
+/* Add (or with `sign` -1, remove) `bytes` along the object's ancestry. */
+static __always_inline void apply(const struct pin_object *obj, __u32 source, __s64 sign)
+{
+	__u64 delta = (__u64)((__s64)obj->bytes * sign);
+	struct cgroup_usage *u;
+	__u32 src = source;
+
+	if (src >= PINCG_NR_SOURCES)
+		return;
+	for (int i = 0; i < PINCG_MAX_DEPTH; i++) {
+		if (i >= obj->depth)
+			break;
+		u = usage_of(obj->ancestors[i]);
+		if (!u)
+			continue;
+		__sync_fetch_and_add(&u->total[src], delta);
+	}
+	u = usage_of(obj->cgroup);
+	if (u)
+		__sync_fetch_and_add(&u->local[src], delta);
+}
+
+/*
+ * Fill `obj` with the current task's cgroup: the cgroup v2 id of the task and
+ * its ancestors from the root down. A cgroup nested deeper than
+ * PINCG_MAX_DEPTH - 1 levels keeps its own id in the last slot, so it and
+ * its shallowest ancestors are charged; the levels in between are not.
+ */
+static __always_inline void owner_is_current(struct pin_object *obj)
+{
+	__u64 leaf = bpf_get_current_cgroup_id();
+	__u32 depth = 0;
+
+	for (int level = 0; level < PINCG_MAX_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+
+		if (!id)
+			break;
+		obj->ancestors[level] = id;
+		depth = level + 1;
+	}
+	/* Root is level 0, so depth >= 1 on cgroup v2. The deepest slot is
+	 * always the task's own cgroup (a no-op unless it is nested deeper). */
+	if (depth == 0)
+		depth = 1;
+	obj->ancestors[(depth - 1) & (PINCG_MAX_DEPTH - 1)] = leaf;
+	obj->depth = depth;
+	obj->cgroup = leaf;
+	obj->tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(obj->comm, sizeof(obj->comm));
+}
+
+/* Return a release recorded in the ledger; the charged cgroups get it back. */
+static __always_inline void ledger_release(__u64 object, __u32 source)
+{
+	struct pin_key key = { .object = object, .source = source };
+	struct pin_object *obj = bpf_map_lookup_elem(&objects, &key);
+
+	if (!obj) {
+		count(PINCG_CNT_UNKNOWN_RELEASE);
+		return;
+	}
+	apply(obj, source, -1);
+	bpf_map_delete_elem(&objects, &key);
+	count(PINCG_CNT_RELEASES);
+}
+
+/*
+ * Charge `bytes` pinned at user address `addr` for `object` of `source` to
+ * the current task's cgroup and its ancestors.
+ */
+static __always_inline void ledger_charge_current(__u64 object, __u32 source, __u64 addr, __u64 bytes)
+{
+	struct pin_key key = { .object = object, .source = source };
+	__u32 zero = 0;
+	struct pin_object *obj;
+
+	if (!bytes)
+		return;
+	if (bpf_map_lookup_elem(&objects, &key)) {
+		/* Slab address reuse: the old object's release was missed. */
+		count(PINCG_CNT_STALE_OBJECT);
+		ledger_release(object, source);
+	}
+	obj = bpf_map_lookup_elem(&scratch, &zero);
+	if (!obj)
+		return;
+	__builtin_memset(obj, 0, sizeof(*obj));
+	owner_is_current(obj);
+	obj->bytes = bytes;
+	obj->addr = addr;
+	obj->since_ns = bpf_ktime_get_boot_ns();
+	if (bpf_map_update_elem(&objects, &key, obj, BPF_NOEXIST)) {
+		/* Documented fail mode: an unrecorded pin is not charged. */
+		count(PINCG_CNT_LEDGER_FULL);
+		return;
+	}
+	apply(obj, source, 1);
+	count(PINCG_CNT_CHARGES);
+}
+
+/* Bytes of whole pages covering [addr, addr + len). */
+static __always_inline __u64 page_span(__u64 addr, __u64 len)
+{
+	const __u64 page = 4096;
+
+	if (!len)
+		return 0;
+	return ((addr + len + page - 1) & ~(page - 1)) - (addr & ~(page - 1));
+}
+
+#endif /* PINCG_LEDGER_BPF_H */

@@ -1,0 +1,37 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong on the kernel side, each naming the file,
+/// hook or map involved and, where there is one, what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "kernel lockdown is in {mode} mode ({path}), which refuses BPF tracing programs: \
+         boot with lockdown=none or lockdown=integrity"
+    )]
+    Lockdown { mode: String, path: PathBuf },
+    #[error("kernel BTF is missing ({path} not found): pincg needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    NoBtf { path: PathBuf },
+    #[error("kernel BTF at {path} could not be read: {source}")]
+    BadBtf { path: PathBuf, source: libbpf_rs::Error },
+    #[error(
+        "missing capability: pincg needs CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON, \
+         to load tracing programs (effective set {effective:#x}); run it as root"
+    )]
+    Capability { effective: u64 },
+    #[error("{path} is not a BPF filesystem: mount it with `mount -t bpf bpf /sys/fs/bpf`")]
+    NoBpffs { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("hook {hook}: {reason}")]
+    HookUnavailable { hook: &'static str, reason: String },
+    #[error("BPF object {object}: {source}")]
+    Load { object: &'static str, source: libbpf_rs::Error },
+    #[error("hook {hook} ({program}): {source}")]
+    Attach { hook: &'static str, program: &'static str, source: libbpf_rs::Error },
+    #[error("pinned BPF state {path}: {source}")]
+    Pinned { path: PathBuf, source: libbpf_rs::Error },
+    #[error("no pincg ledger pinned at {path}: start the agent with `pincg agent`")]
+    NotRunning { path: PathBuf },
+    #[error("map {map}: entry of {found} bytes, expected {expected}")]
+    EntrySize { map: &'static str, found: usize, expected: usize },
+}

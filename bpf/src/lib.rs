@@ -1,0 +1,18 @@
+//! pincg's kernel side: BPF programs (C, in `src/bpf/`) and their loader.
+//!
+//! * [`preflight`] says, in one line, why a kernel cannot run pincg.
+//! * [`hooks`] chooses program variants from the running kernel's BTF.
+//! * [`loader`] loads, attaches and pins them under `/sys/fs/bpf/pincg`, or
+//!   adopts what a previous agent left pinned.
+//! * [`ledger`] reads the pinned maps: per-cgroup usage, live pin objects
+//!   and health counters.
+
+mod error;
+pub mod hooks;
+pub mod ledger;
+pub mod loader;
+pub mod paths;
+pub mod preflight;
+mod skel;
+
+pub use error::Error;

@@ -1,0 +1,12 @@
+//! The `pins.*` interface files, as specified in `cgroup-spec/SPEC.md`.
+//!
+//! This crate is pure logic: it knows the file names, the pin sources and the
+//! exact text formats (parse and render), and nothing about BPF or the agent.
+
+mod bytes;
+mod files;
+mod source;
+
+pub use bytes::{format_human, parse_limit, Limit, LimitError};
+pub use files::{render_current, render_stat, InterfaceFile};
+pub use source::{PerSource, Source};
