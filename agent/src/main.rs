@@ -1,1 +1,129 @@
-fn main() {}
+//! `pincg`: attribute long-term page pins to cgroups and report them.
+
+mod agent;
+mod cgroupfs;
+mod http;
+mod metrics;
+mod mirror;
+mod snapshot;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pincg_bpf::hooks::KernelBtf;
+use pincg_bpf::ledger::Ledger;
+use pincg_bpf::loader::{self, HookState};
+use pincg_bpf::paths::{PinPaths, DEFAULT_PIN_ROOT};
+
+#[derive(Parser)]
+#[command(name = "pincg", version, about = "A pins cgroup controller: long-term page pins, attributed to cgroups")]
+struct Cli {
+    /// Where BPF programs and maps are pinned.
+    #[arg(long, global = true, default_value = DEFAULT_PIN_ROOT)]
+    pin_root: PathBuf,
+    /// The cgroup v2 mount point [default: found in /proc/self/mountinfo].
+    #[arg(long, global = true)]
+    cgroup_root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the BPF programs and keep the mirror tree and metrics current.
+    Agent {
+        /// Root of the mirror tree of pins.* files.
+        #[arg(long, default_value = mirror::DEFAULT_ROOT)]
+        mirror_root: PathBuf,
+        /// Address of the Prometheus endpoint.
+        #[arg(long, default_value = "127.0.0.1:9578")]
+        listen: SocketAddr,
+        /// How often the ledger is read, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
+    /// Print the cgroup tree with pinned bytes per source.
+    Status {
+        /// Show every cgroup, not just those with pins.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print which hooks this kernel offers, without loading anything.
+    Probe {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach every program and drop the pinned ledger.
+    Unload,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pincg: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let pins = PinPaths::new(&cli.pin_root);
+    let cgroup_root = || {
+        cli.cgroup_root
+            .clone()
+            .or_else(cgroupfs::find_cgroup2)
+            .context("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo); pass --cgroup-root")
+    };
+    match cli.command {
+        Command::Agent { mirror_root, listen, interval_ms } => {
+            let opts = agent::Options {
+                pins,
+                cgroup_root: cgroup_root()?,
+                mirror_root,
+                listen,
+                interval: Duration::from_millis(interval_ms.max(10)),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(agent::run(opts))
+        }
+        Command::Status { all, json } => {
+            let sampler = agent::Sampler::new(Ledger::open(&pins)?, cgroup_root()?, Vec::new());
+            let snapshot = sampler.sample()?;
+            let rows = status::visible(&snapshot, all);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status::render_json(&rows, &snapshot))?);
+            } else {
+                print!("{}", status::render_table(&rows));
+                println!("{} live pin objects", snapshot.objects);
+            }
+            Ok(())
+        }
+        Command::Probe { json } => {
+            let hooks = loader::probe(&KernelBtf::load()?);
+            if json {
+                let list: Vec<_> = hooks.iter().map(|h| h.to_json()).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for h in &hooks {
+                    match &h.state {
+                        HookState::Unavailable(reason) => println!("{:<22} unavailable  {reason}", h.hook),
+                        _ => println!("{:<22} available    {}", h.hook, h.program.unwrap_or("-")),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Unload => Ok(loader::unload(&pins)?),
+    }
+}

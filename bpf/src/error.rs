@@ -4,11 +4,8 @@ use std::path::PathBuf;
 /// hook or map involved and, where there is one, what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "kernel lockdown is in {mode} mode ({path}), which refuses BPF tracing programs: \
-         boot with lockdown=none or lockdown=integrity"
-    )]
-    Lockdown { mode: String, path: PathBuf },
+    #[error("this kernel refuses BPF tracing programs (fentry/fexit): {cause}")]
+    NoTracing { cause: String },
     #[error("kernel BTF is missing ({path} not found): pincg needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf { path: PathBuf },
     #[error("kernel BTF at {path} could not be read: {source}")]
@@ -18,8 +15,8 @@ pub enum Error {
          to load tracing programs (effective set {effective:#x}); run it as root"
     )]
     Capability { effective: u64 },
-    #[error("{path} is not a BPF filesystem: mount it with `mount -t bpf bpf /sys/fs/bpf`")]
-    NoBpffs { path: PathBuf },
+    #[error("{path} is not a BPF filesystem and mounting one there failed ({source}): mount it with `mount -t bpf bpf /sys/fs/bpf`")]
+    NoBpffs { path: PathBuf, source: std::io::Error },
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("hook {hook}: {reason}")]

@@ -49,6 +49,7 @@ pub const IO_URING: SourceHooks = SourceHooks {
             name: "io_uring:register",
             variants: &[
                 Variant { program: "io_uring_register_v61", function: "io_sqe_buffer_register", params: 4 },
+                Variant { program: "io_uring_register_v613", function: "io_sqe_buffer_register", params: 3 },
                 Variant { program: "io_uring_register_v72", function: "io_sqe_buffer_register", params: 2 },
             ],
         },
@@ -144,6 +145,12 @@ mod tests {
     }
 
     #[test]
+    fn io_uring_on_6_13_to_7_1() {
+        let k = FakeKernel(HashMap::from([("io_sqe_buffer_register", 3), ("io_free_rsrc_node", 2)]));
+        assert_eq!(programs(&k), ["io_uring_register_v613", "io_uring_free_node_v72"]);
+    }
+
+    #[test]
     fn io_uring_on_7_x() {
         let k = FakeKernel(HashMap::from([("io_sqe_buffer_register", 2), ("io_free_rsrc_node", 2)]));
         assert_eq!(programs(&k), ["io_uring_register_v72", "io_uring_free_node_v72"]);
@@ -151,9 +158,9 @@ mod tests {
 
     #[test]
     fn a_missing_hook_is_named_with_what_was_seen() {
-        let k = FakeKernel(HashMap::from([("io_sqe_buffer_register", 3)]));
+        let k = FakeKernel(HashMap::from([("io_sqe_buffer_register", 5)]));
         let err = select(&IO_URING, &k).unwrap_err().to_string();
         assert!(err.starts_with("hook io_uring:register: no program variant fits this kernel"), "{err}");
-        assert!(err.contains("io_sqe_buffer_register has 3 parameters, variant io_uring_register_v61 expects 4"));
+        assert!(err.contains("io_sqe_buffer_register has 5 parameters, variant io_uring_register_v61 expects 4"));
     }
 }

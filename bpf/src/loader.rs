@@ -143,9 +143,8 @@ fn attach_and_pin(
         match prog.attach() {
             Ok(link) => links.push((variant, link)),
             Err(e) => {
-                let hook = hook_of(source, variant);
                 let reason = format!("attaching {} to {}: {e}", variant.program, variant.function);
-                return Ok(unavailable(source, format!("hook {hook}: {reason}")));
+                return Ok(unavailable(source, reason));
             }
         }
     }

@@ -12,8 +12,9 @@
  * Two program variants; the loader picks one pair from the kernel's BTF:
  *   v61: 6.1 .. 6.12  io_sqe_buffer_register(ctx, iov, pimu, last_hpage)
  *                     io_buffer_unmap(ctx, slot)
- *   v72: 7.x          io_sqe_buffer_register(ctx, iov) -> io_rsrc_node *
- *                     io_free_rsrc_node(ctx, node)
+ *   v613: 6.13 .. 7.1 io_sqe_buffer_register(ctx, iov, last_hpage) -> node
+ *   v72: 7.2+         io_sqe_buffer_register(ctx, iov) -> io_rsrc_node *
+ *   both release in   io_free_rsrc_node(ctx, node)
  */
 #include "ledger.bpf.h"
 
@@ -36,8 +37,10 @@ struct io_rsrc_node___v72 {
 	struct io_mapped_ubuf___v612 *buf;
 } __attribute__((preserve_access_index));
 
+/* Kernel-owned bvecs (no user pages pinned): `is_kbuf` before 7.2, a flag after. */
 struct io_mapped_ubuf___v72 {
 	__u8 flags;
+	bool is_kbuf;
 } __attribute__((preserve_access_index));
 
 #define IORING_RSRC_BUFFER 1
@@ -114,14 +117,35 @@ int BPF_PROG(io_uring_unmap_v61, void *ring, void **slot)
 	return 0;
 }
 
+static __always_inline void charge_node(struct io_rsrc_node___v72 *node)
+{
+	if (node && (__u64)node < (__u64)-4095)
+		charge_imu(BPF_CORE_READ(node, buf));
+}
+
+SEC("fexit/io_sqe_buffer_register")
+int BPF_PROG(io_uring_register_v613, void *ring, struct iovec *iov, void *last_hpage,
+	     struct io_rsrc_node___v72 *node)
+{
+	charge_node(node);
+	return 0;
+}
+
 SEC("fexit/io_sqe_buffer_register")
 int BPF_PROG(io_uring_register_v72, void *ring, struct iovec *iov,
 	     struct io_rsrc_node___v72 *node)
 {
-	if (!node || (__u64)node >= (__u64)-4095)
-		return 0;
-	charge_imu(BPF_CORE_READ(node, buf));
+	charge_node(node);
 	return 0;
+}
+
+static __always_inline bool kernel_buffer(struct io_mapped_ubuf___v72 *imu)
+{
+	if (bpf_core_field_exists(imu->flags))
+		return BPF_CORE_READ(imu, flags) & IO_REGBUF_F_KBUF;
+	if (bpf_core_field_exists(imu->is_kbuf))
+		return BPF_CORE_READ(imu, is_kbuf);
+	return false;
 }
 
 SEC("fentry/io_free_rsrc_node")
@@ -132,7 +156,7 @@ int BPF_PROG(io_uring_free_node_v72, void *ring, struct io_rsrc_node___v72 *node
 	if (BPF_CORE_READ(node, type) != IORING_RSRC_BUFFER)
 		return 0;
 	imu = (void *)BPF_CORE_READ(node, buf);
-	if (!imu || (BPF_CORE_READ(imu, flags) & IO_REGBUF_F_KBUF))
+	if (!imu || kernel_buffer(imu))
 		return 0;
 	release_imu(imu);
 	return 0;
