@@ -18,6 +18,8 @@
 #            writable output share (9p tag `out`) at /mnt/out, then
 #            switch_root's into it running stage 2. Kernel cmdline inputs:
 #            pincg.modroot=DIR pincg.kver=KVER [pincg.debug=1]
+#            [pincg.echo=0: do not copy the command's output to the console]
+#            [pincg.hostcache=MODE: 9p cache mode of the host root, default loose]
 #   /stage2  (PID 1 in the host root): runs `/bin/bash /mnt/out/cmd.sh`,
 #            output to a guest tmpfs file and the console, copies it once to
 #            /mnt/out/output, writes the exit status to /mnt/out/rc, powers off.
@@ -143,12 +145,13 @@ exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc || fail "mount proc on /proc"
 mount -t sysfs sysfs /sys || fail "mount sysfs on /sys"
 
-MODROOT= KVER= DEBUG=0
+MODROOT= KVER= DEBUG=0 HOSTCACHE=loose
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     pincg.modroot=*) MODROOT=${arg#*=} ;;
     pincg.kver=*)    KVER=${arg#*=} ;;
     pincg.debug=1)   DEBUG=1 ;;
+    pincg.hostcache=*) HOSTCACHE=${arg#*=} ;;
   esac
 done
 [ -n "$KVER" ] || KVER=$(uname -r)
@@ -168,7 +171,8 @@ t "modules loaded"
 # Host root, read-only. cache=loose: the share is read-only and the host does
 # not change the files a run uses while it runs, so caching data and metadata
 # in the guest page/dentry cache is correct and much faster than cache=none.
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostfs /newroot \
+# (pincg.hostcache=MODE overrides it, for measurements.)
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=$HOSTCACHE hostfs /newroot \
   || fail "mount 9p hostfs (host root) on /newroot"
 t "hostfs mounted"
 
@@ -249,12 +253,27 @@ t "start"
 $BB hostname pincg-guest
 $BB ip link set lo up 2>/dev/null || echo "pincg-stage2: warning: could not bring up lo"
 
+# Coldplug: there is no udev, so load drivers for the virtio devices that have
+# none yet (virtio_net for --rdma-net), in one modprobe call. Only virtio: a
+# PCI coldplug would load libata/scsi/i2c for the emulated chipset, ~1-1.5 s
+# of useless work under TCG. Other drivers: modprobe them in the command.
+aliases=""
+for d in /sys/bus/virtio/devices/*; do
+  [ -e "$d/modalias" ] && [ ! -e "$d/driver" ] && aliases="$aliases $($BB cat "$d/modalias")"
+done
+if [ -n "$aliases" ] && [ -x $P/modprobe ]; then
+  $P/modprobe -q -a $aliases 2>/dev/null
+fi
+t "coldplug done"
+
 # Output: the command writes into a FIFO; tee copies it to a tmpfs file and the
 # console. (A plain pipe would make us wait for any background process the
 # command left running; with the FIFO we stop waiting shortly after the
 # command itself exits.)
+ECHO=/dev/console
+$BB grep -qw 'pincg.echo=0' /proc/cmdline && ECHO=/dev/null
 $BB mkfifo $P/fifo
-$BB tee $P/output < $P/fifo > /dev/console &
+$BB tee $P/output < $P/fifo > $ECHO &
 teepid=$!
 if [ -f /mnt/out/cmd.sh ]; then
   /bin/bash /mnt/out/cmd.sh < /dev/null > $P/fifo 2>&1

@@ -5,7 +5,7 @@
 # Usage:
 #   tests/guest/run-guest.sh [--series 6.12] [--timeout SECONDS] [--mem 2G]
 #       [--smp 2] [--vfio] [--rdma-net] [--env NAME[=VALUE]]... [--append ARGS]
-#       [--console] [--debug] --out DIR -- COMMAND [ARG...]
+#       [--console] [--debug] [--no-echo] --out DIR -- COMMAND [ARG...]
 #
 #   --series S     kernel series for fetch-kernel.sh: 6.12 (default), 6.1, 7
 #   --timeout N    kill QEMU after N seconds of wall time (default 300); exit 124
@@ -19,6 +19,8 @@
 #   --append ARGS  extra kernel command line arguments
 #   --console      stream the guest serial console to stderr while running
 #   --debug        stage timestamps on the console (pincg.debug=1)
+#   --no-echo      do not copy COMMAND's output to the serial console (it costs
+#                  about 4 s per MiB under TCG); DIR/output still gets it all
 #   --out DIR      work dir shared writable with the guest (created if needed;
 #                  at /mnt/out in the guest). Holds cmd.sh (the generated
 #                  script), console.log, qemu.log, output and rc afterwards.
@@ -42,7 +44,7 @@ die()   { echo "$PROG: error: $*" >&2; exit 125; }
 usage() { echo "$PROG: $*" >&2; sed -n '4,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 HERE=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
-SERIES=6.12 TIMEOUT=300 MEM=2G SMP=2 VFIO=0 RDMA=0 OUT="" APPEND="" CONSOLE=0 DEBUG=0
+SERIES=6.12 TIMEOUT=300 MEM=2G SMP=2 VFIO=0 RDMA=0 OUT="" APPEND="" CONSOLE=0 DEBUG=0 NOECHO=0
 EXTRA_ENV=()
 while (($#)); do
   case "$1" in
@@ -57,6 +59,7 @@ while (($#)); do
     --rdma-net) RDMA=1; shift ;;
     --console)  CONSOLE=1; shift ;;
     --debug)    DEBUG=1; shift ;;
+    --no-echo)  NOECHO=1; shift ;;
     --) shift; break ;;
     *) usage "unknown option '$1' (the command goes after --)" ;;
   esac
@@ -126,6 +129,7 @@ chmod 755 "$OUT/cmd.sh"
 # --- QEMU ------------------------------------------------------------------------------------
 CMDLINE="console=ttyS0 panic=-1 quiet pincg.modroot=$MODROOT pincg.kver=$KVER"
 ((DEBUG)) && CMDLINE+=" pincg.debug=1"
+((NOECHO)) && CMDLINE+=" pincg.echo=0"
 QARGS=(
   -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM"
   # No default devices/monitor, no window; the serial console goes to a file

@@ -1,1 +1,7 @@
+//! pincg's test support: the QEMU guest harness (host side), the in-guest
+//! scenario toolkit, and the pinning workloads.
 
+pub mod guest;
+pub mod scenario;
+pub mod scenarios;
+pub mod workload;

@@ -1,1 +1,42 @@
-fn main() {}
+//! `pincg-workload [--user UID] io_uring`: a pinning process driven over
+//! stdin (see `pincg_tests::workload`).
+//!
+//! `--user UID` raises RLIMIT_MEMLOCK to unlimited, then drops to UID
+//! without capabilities, so the kernel's own accounting runs as it does for
+//! an unprivileged tenant.
+
+use pincg_tests::workload::{self, io_uring::Rings};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (user, kind) = match args.as_slice() {
+        [flag, uid, kind] if flag == "--user" => (Some(uid.parse::<u32>().expect("--user takes a numeric uid")), kind),
+        [kind] => (None, kind),
+        _ => usage(),
+    };
+    if let Some(uid) = user {
+        drop_privileges(uid);
+    }
+    match kind.as_str() {
+        "io_uring" => {
+            let mut rings = Rings::default();
+            workload::serve(|cmd, args| rings.command(cmd, args));
+        }
+        _ => usage(),
+    }
+}
+
+fn drop_privileges(uid: u32) {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscalls on our own process with valid arguments.
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited), 0, "setrlimit(RLIMIT_MEMLOCK)");
+        assert_eq!(libc::setgid(uid), 0, "setgid");
+        assert_eq!(libc::setuid(uid), 0, "setuid");
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: pincg-workload [--user UID] io_uring");
+    std::process::exit(2)
+}

@@ -1,0 +1,230 @@
+//! In-guest toolkit for scenarios: cgroups, the agent, workloads, and
+//! waiting for exact values. Every step prints one line, so a failing
+//! scenario's output reads as a log of what happened.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub const MIRROR_ROOT: &str = "/run/pincg/cgroup";
+pub const METRICS_ADDR: &str = "127.0.0.1:9578";
+
+/// How long a value may take to show up in the mirror or the metrics.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// Print a scenario step.
+pub fn step(what: &str) {
+    println!("== {what}");
+}
+
+/// The binary `name` next to the running scenario binary.
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe().context("locating the scenario binary")?;
+    let path = me.with_file_name(name);
+    ensure!(path.exists(), "{} is not built (cargo build --workspace --bins)", path.display());
+    Ok(path)
+}
+
+/// A cgroup v2 directory, relative to the root.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    pub rel: String,
+}
+
+impl Cgroup {
+    pub fn create(rel: &str) -> Result<Cgroup> {
+        let path = Path::new(CGROUP_ROOT).join(rel);
+        fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(Cgroup { rel: rel.to_string() })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new(CGROUP_ROOT).join(&self.rel)
+    }
+
+    pub fn add(&self, pid: u32) -> Result<()> {
+        let procs = self.path().join("cgroup.procs");
+        fs::write(&procs, pid.to_string()).with_context(|| format!("moving {pid} into {}", procs.display()))
+    }
+
+    /// The mirror file `name` of this cgroup.
+    pub fn mirror(&self, name: &str) -> PathBuf {
+        Path::new(MIRROR_ROOT).join(&self.rel).join(name)
+    }
+
+    /// Wait until this cgroup's `pins.current` reads exactly `bytes`.
+    pub fn expect_current(&self, bytes: u64) -> Result<()> {
+        let file = self.mirror("pins.current");
+        wait_for(&format!("{} = {bytes}", file.display()), || {
+            let text = fs::read_to_string(&file).unwrap_or_else(|e| format!("<{e}>"));
+            (text.trim() == bytes.to_string(), text.trim().to_string())
+        })
+    }
+
+    /// Wait until `pins.stat` has `key bytes` for every pair given and 0
+    /// for every other source.
+    pub fn expect_stat(&self, pairs: &[(&str, u64)]) -> Result<()> {
+        let file = self.mirror("pins.stat");
+        let expected: String = pincg_cgroup_spec::Source::ALL
+            .iter()
+            .map(|s| {
+                let v = pairs.iter().find(|(k, _)| *k == s.key()).map_or(0, |(_, v)| *v);
+                format!("{} {v}\n", s.key())
+            })
+            .collect();
+        wait_for(&format!("{} = {expected:?}", file.display()), || {
+            let text = fs::read_to_string(&file).unwrap_or_else(|e| format!("<{e}>"));
+            (text == expected, format!("{text:?}"))
+        })
+    }
+}
+
+/// Poll `check` (which returns whether it holds and what it saw) until it
+/// holds or [`SETTLE`] passes.
+pub fn wait_for(what: &str, mut check: impl FnMut() -> (bool, String)) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let (ok, seen) = check();
+        if ok {
+            println!("   ok {what} (after {} ms)", start.elapsed().as_millis());
+            return Ok(());
+        }
+        if start.elapsed() > SETTLE {
+            bail!("expected {what}, but after {SETTLE:?} it is {seen}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The agent process.
+pub struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Start `pincg agent` and wait until its metrics endpoint answers.
+    pub fn start() -> Result<Agent> {
+        let log = PathBuf::from("/tmp/pincg-agent.log");
+        let file = fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = Command::new(sibling_binary("pincg")?)
+            .args(["agent", "--listen", METRICS_ADDR, "--mirror-root", MIRROR_ROOT])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .context("starting pincg agent")?;
+        let mut agent = Agent { child, log };
+        let start = Instant::now();
+        while http_get("/healthz").is_err() {
+            if let Some(status) = agent.child.try_wait()? {
+                bail!("pincg agent exited with {status}:\n{}", agent.log_text());
+            }
+            ensure!(start.elapsed() < SETTLE, "pincg agent not ready after {SETTLE:?}:\n{}", agent.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!("   agent ready in {} ms", start.elapsed().as_millis());
+        Ok(agent)
+    }
+
+    /// SIGKILL: no cleanup of any kind runs.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `pincg-workload` process, moved into its cgroup before any command.
+pub struct Workload {
+    pub name: String,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Workload {
+    pub fn spawn(name: &str, cgroup: &Cgroup, args: &[&str]) -> Result<Workload> {
+        let mut child = Command::new(sibling_binary("pincg-workload")?)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting workload {name}"))?;
+        cgroup.add(child.id())?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Workload { name: name.to_string(), child, stdin, stdout })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send one command; it must answer `ok`.
+    pub fn run(&mut self, command: &str) -> Result<()> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply)?;
+        ensure!(reply.trim() == "ok", "workload {}: `{command}` answered {:?}", self.name, reply.trim());
+        println!("   {}: {command}", self.name);
+        Ok(())
+    }
+
+    /// Tell the workload to exit without releasing anything; wait for it.
+    pub fn exit(mut self) -> Result<()> {
+        writeln!(self.stdin, "exit")?;
+        let status = self.child.wait()?;
+        ensure!(status.success(), "workload {} exited with {status}", self.name);
+        println!("   {}: exited holding its pins", self.name);
+        Ok(())
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `path` from the agent's metrics endpoint.
+pub fn http_get(path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(METRICS_ADDR)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: pincg\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    Ok(body.to_string())
+}
+
+/// Run `pincg <args>` and return its stdout; it must succeed.
+pub fn pincg(args: &[&str]) -> Result<String> {
+    let out = Command::new(sibling_binary("pincg")?).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "pincg {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

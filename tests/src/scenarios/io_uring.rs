@@ -1,0 +1,109 @@
+//! io_uring registered buffers end to end (foundation issue): exact bytes
+//! per cgroup in all three views, release on every path, owner not current,
+//! and a ledger that survives SIGKILL of the agent.
+
+use anyhow::{ensure, Result};
+
+use crate::scenario::{http_get, pincg, step, wait_for, Agent, Cgroup, Workload};
+
+const MIB: u64 = 1 << 20;
+
+pub fn run() -> Result<()> {
+    let parent = Cgroup::create("pincg-test")?;
+    let a = Cgroup::create("pincg-test/a")?;
+    let b = Cgroup::create("pincg-test/b")?;
+    let moved_to = Cgroup::create("pincg-test/c")?;
+    let agent = Agent::start()?;
+
+    step("root registers 64 MiB in a; nobody registers 2 x 16 MiB (BUFFERS2) in b");
+    let mut root = Workload::spawn("root-pinner", &a, &["io_uring"])?;
+    root.run("ring")?;
+    root.run("register 64M")?;
+    let mut tenant = Workload::spawn("nobody-pinner", &b, &["--user", "65534", "io_uring"])?;
+    tenant.run("ring")?;
+    tenant.run("register2 16M,16M")?;
+    a.expect_current(64 * MIB)?;
+    a.expect_stat(&[("io_uring", 64 * MIB)])?;
+    b.expect_current(32 * MIB)?;
+    b.expect_stat(&[("io_uring", 32 * MIB)])?;
+    parent.expect_current(96 * MIB)?;
+
+    step("the metrics endpoint and pincg status show the same numbers");
+    let metrics = http_get("/metrics")?;
+    for line in [
+        "pincg_pinned_bytes{cgroup=\"/pincg-test/a\",source=\"io_uring\"} 67108864",
+        "pincg_pinned_bytes{cgroup=\"/pincg-test/b\",source=\"io_uring\"} 33554432",
+        "pincg_pinned_bytes{cgroup=\"/pincg-test\",source=\"io_uring\"} 100663296",
+        "pincg_hook_attached{hook=\"io_uring:register\",source=\"io_uring\"} 1",
+        "pincg_hook_attached{hook=\"io_uring:release\",source=\"io_uring\"} 1",
+    ] {
+        ensure!(metrics.lines().any(|l| l == line), "metrics lack {line:?}:\n{metrics}");
+    }
+    println!("   ok metrics carry 67108864 / 33554432 / 100663296");
+    let status = pincg(&["status"])?;
+    print!("{status}");
+    expect_status_row(&status, "pincg-test", "96.0 MiB")?;
+    expect_status_row(&status, "a", "64.0 MiB")?;
+    expect_status_row(&status, "b", "32.0 MiB")?;
+
+    step("the charge stays with a when the pinner moves to c");
+    moved_to.add(root.pid())?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    a.expect_current(64 * MIB)?;
+    moved_to.expect_current(0)?;
+
+    step("SIGKILL the agent; b releases one 16 MiB buffer (BUFFERS_UPDATE to empty) while it is down");
+    agent.kill()?;
+    tenant.run("update-empty 1")?;
+    let agent = Agent::start()?;
+    a.expect_current(64 * MIB)?;
+    b.expect_current(16 * MIB)?;
+
+    step("BUFFERS_UPDATE empties the other slot; UNREGISTER from c returns a's charge to a");
+    tenant.run("update-empty 0")?;
+    b.expect_current(0)?;
+    root.run("unregister")?;
+    a.expect_current(0)?;
+    moved_to.expect_current(0)?;
+
+    step("CLONE_BUFFERS adds nothing; exit without unregistering releases everything (ring teardown)");
+    let mut cloner = Workload::spawn("cloner", &a, &["io_uring"])?;
+    cloner.run("ring")?;
+    cloner.run("register 64M")?;
+    cloner.run("clone")?;
+    a.expect_current(64 * MIB)?;
+    tenant.run("register 32M")?;
+    b.expect_current(32 * MIB)?;
+    cloner.exit()?;
+    tenant.exit()?;
+    a.expect_current(0)?;
+    b.expect_current(0)?;
+    parent.expect_current(0)?;
+
+    step("the ledger is empty and saw no anomalies");
+    let metrics = http_get("/metrics")?;
+    for line in [
+        "pincg_ledger_objects 0",
+        "pincg_ledger_events_total{event=\"charge\"} 6",
+        "pincg_ledger_events_total{event=\"release\"} 6",
+        "pincg_ledger_events_total{event=\"ledger_full\"} 0",
+        "pincg_ledger_events_total{event=\"stale_object\"} 0",
+        "pincg_ledger_events_total{event=\"unknown_release\"} 0",
+    ] {
+        ensure!(metrics.lines().any(|l| l == line), "metrics lack {line:?}:\n{metrics}");
+    }
+    println!("   ok 6 charges, 6 releases, nothing lost");
+    drop(agent);
+    Ok(())
+}
+
+/// `pincg status` has a row for `name` whose CURRENT column is `current`.
+fn expect_status_row(status: &str, name: &str, current: &str) -> Result<()> {
+    wait_for(&format!("pincg status row {name} = {current}"), || {
+        let ok = status.lines().any(|l| {
+            let mut cols = l.split_whitespace();
+            cols.next() == Some(name) && l.contains(current)
+        });
+        (ok, status.to_string())
+    })
+}

@@ -1,0 +1,62 @@
+//! Pinning workloads driven line by line over stdin, so a scenario can
+//! assert the ledger after every step. Each command answers one line on
+//! stdout: `ok`, or `err <what failed>: <errno text>`.
+
+pub mod io_uring;
+
+use std::io::{BufRead, Write};
+
+/// Parse a size such as `64M`, `16M`, `4K` or `4096`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    match pincg_cgroup_spec::parse_limit(text) {
+        Ok(pincg_cgroup_spec::Limit::Bytes(b)) => usize::try_from(b).map_err(|e| e.to_string()),
+        Ok(pincg_cgroup_spec::Limit::Max) => Err("a size must be a number of bytes".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Read commands until stdin closes or `exit`; run each with `handle`.
+pub fn serve(mut handle: impl FnMut(&str, &[&str]) -> Result<(), String>) {
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some((command, args)) = words.split_first() else { continue };
+        if *command == "exit" {
+            // Leave without releasing anything: the kernel's teardown must.
+            std::process::exit(0);
+        }
+        let reply = match handle(command, args) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("err {e}"),
+        };
+        let _ = writeln!(stdout, "{reply}");
+        let _ = stdout.flush();
+    }
+}
+
+/// The last OS error, named after the call that failed.
+pub fn os_error(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// Anonymous, populated memory that lives as long as the process.
+pub fn anonymous_memory(bytes: usize) -> Result<*mut libc::c_void, String> {
+    // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        Err(os_error("mmap"))
+    } else {
+        Ok(ptr)
+    }
+}
