@@ -13,11 +13,14 @@ use pincg_cgroup_spec::Source;
 
 use crate::Error;
 
-/// One program that can serve a hook, and the kernel function it needs.
+/// One program set that can serve a hook, and the kernel function it needs.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Variant {
     /// The program's function name in `src/bpf/<object>.bpf.c`.
     pub program: &'static str,
+    /// Further programs that serve the hook together with `program` (a
+    /// kretprobe paired with its kprobe).
+    pub companions: &'static [&'static str],
     /// The kernel function it attaches to.
     pub function: &'static str,
     /// That function's parameter count on the kernels this variant serves.
@@ -48,16 +51,16 @@ pub const IO_URING: SourceHooks = SourceHooks {
         Hook {
             name: "io_uring:register",
             variants: &[
-                Variant { program: "io_uring_register_v61", function: "io_sqe_buffer_register", params: 4 },
-                Variant { program: "io_uring_register_v613", function: "io_sqe_buffer_register", params: 3 },
-                Variant { program: "io_uring_register_v72", function: "io_sqe_buffer_register", params: 2 },
+                Variant { program: "io_uring_register_v61", companions: &["io_uring_registered_v61"], function: "io_sqe_buffer_register", params: 4 },
+                Variant { program: "io_uring_register_v613", companions: &[], function: "io_sqe_buffer_register", params: 3 },
+                Variant { program: "io_uring_register_v72", companions: &[], function: "io_sqe_buffer_register", params: 2 },
             ],
         },
         Hook {
             name: "io_uring:release",
             variants: &[
-                Variant { program: "io_uring_unmap_v61", function: "io_buffer_unmap", params: 2 },
-                Variant { program: "io_uring_free_node_v72", function: "io_free_rsrc_node", params: 2 },
+                Variant { program: "io_uring_unmap_v61", companions: &[], function: "io_buffer_unmap", params: 2 },
+                Variant { program: "io_uring_free_node_v72", companions: &[], function: "io_free_rsrc_node", params: 2 },
             ],
         },
     ],
@@ -83,6 +86,13 @@ impl KernelBtf {
         Btf::from_vmlinux()
             .map(|btf| KernelBtf { btf })
             .map_err(|source| Error::BadBtf { path: "/sys/kernel/btf/vmlinux".into(), source })
+    }
+}
+
+impl Variant {
+    /// Every program of this variant.
+    pub fn programs(&self) -> impl Iterator<Item = &'static str> {
+        std::iter::once(self.program).chain(self.companions.iter().copied())
     }
 }
 

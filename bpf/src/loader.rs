@@ -89,12 +89,13 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
         Ok(chosen) => chosen,
         Err(e) => return Ok(unavailable(source, e.to_string())),
     };
-    if chosen.iter().all(|v| paths.link(v.program).exists()) {
+    let programs: Vec<&str> = chosen.iter().flat_map(|v| v.programs()).collect();
+    if programs.iter().all(|p| paths.link(p).exists()) {
         return Ok(statuses(source, &chosen, HookState::Adopted));
     }
     // A partial set of links (an agent died while attaching): start over.
-    for v in &chosen {
-        remove_pin(&paths.link(v.program))?;
+    for program in &programs {
+        remove_pin(&paths.link(program))?;
     }
     match source.source {
         Source::IoUring => {
@@ -114,7 +115,7 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
 fn prepare(open: &mut OpenObject, chosen: &[&Variant], paths: &PinPaths) -> Result<(), Error> {
     for mut prog in open.progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
-        prog.set_autoload(chosen.iter().any(|v| v.program == name));
+        prog.set_autoload(chosen.iter().flat_map(|v| v.programs()).any(|p| p == name));
     }
     for mut map in open.maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
@@ -134,22 +135,24 @@ fn attach_and_pin(
     chosen: &[&'static Variant],
     paths: &PinPaths,
 ) -> Result<Vec<HookStatus>, Error> {
-    let mut links: Vec<(&Variant, Link)> = Vec::new();
+    let mut links: Vec<(&str, Link)> = Vec::new();
     for variant in chosen {
-        let prog = object
-            .progs_mut()
-            .find(|p| p.name() == variant.program)
-            .expect("chosen variants come from this object's programs");
-        match prog.attach() {
-            Ok(link) => links.push((variant, link)),
-            Err(e) => {
-                let reason = format!("attaching {} to {}: {e}", variant.program, variant.function);
-                return Ok(unavailable(source, reason));
+        for program in variant.programs() {
+            let prog = object
+                .progs_mut()
+                .find(|p| p.name() == program)
+                .expect("chosen variants come from this object's programs");
+            match prog.attach() {
+                Ok(link) => links.push((program, link)),
+                Err(e) => {
+                    let reason = format!("attaching {program} to {}: {e}", variant.function);
+                    return Ok(unavailable(source, reason));
+                }
             }
         }
     }
-    for (variant, link) in &mut links {
-        let path = paths.link(variant.program);
+    for (program, link) in &mut links {
+        let path = paths.link(program);
         link.pin(&path).map_err(|source| Error::Pinned { path, source })?;
     }
     Ok(statuses(source, chosen, HookState::Attached))

@@ -9,9 +9,9 @@
  * syscall, task_work, or the iou_exit kworker at ring teardown) and returns
  * the charge to the cgroup recorded in the ledger.
  *
- * Two program variants; the loader picks one pair from the kernel's BTF:
+ * Program variants; the loader picks them from the kernel's BTF:
  *   v61: 6.1 .. 6.12  io_sqe_buffer_register(ctx, iov, pimu, last_hpage)
- *                     io_buffer_unmap(ctx, slot)
+ *                     (kprobe + kretprobe), io_buffer_unmap(ctx, slot)
  *   v613: 6.13 .. 7.1 io_sqe_buffer_register(ctx, iov, last_hpage) -> node
  *   v72: 7.2+         io_sqe_buffer_register(ctx, iov) -> io_rsrc_node *
  *   both release in   io_free_rsrc_node(ctx, node)
@@ -94,21 +94,47 @@ static __always_inline void release_imu(void *imu)
 	ledger_release((__u64)imu, PINCG_SRC_IO_URING);
 }
 
-SEC("fexit/io_sqe_buffer_register")
-int BPF_PROG(io_uring_register_v61, void *ring, struct iovec *iov, void **pimu,
-	     void *last_hpage, int ret)
+/*
+ * 6.1/6.12 pass the buffer back through `struct io_mapped_ubuf **pimu`, and
+ * release takes a `**slot`: the verifier refuses pointer-to-pointer
+ * arguments of fentry/fexit programs on these kernels, so these variants
+ * are kprobes. Registration is rare, not a hot path.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);	/* pid_tgid of the registering task */
+	__type(value, __u64);	/* its pimu */
+} registering SEC(".maps");
+
+SEC("kprobe/io_sqe_buffer_register")
+int BPF_KPROBE(io_uring_register_v61, void *ring, struct iovec *iov, void **pimu)
 {
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u64 out = (__u64)pimu;
+
+	bpf_map_update_elem(&registering, &tid, &out, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/io_sqe_buffer_register")
+int BPF_KRETPROBE(io_uring_registered_v61, int ret)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u64 *pimu = bpf_map_lookup_elem(&registering, &tid);
 	void *imu = NULL;
 
-	if (ret)
+	if (!pimu)
 		return 0;
-	bpf_probe_read_kernel(&imu, sizeof(imu), pimu);
+	if (!ret)
+		bpf_probe_read_kernel(&imu, sizeof(imu), (void *)*pimu);
+	bpf_map_delete_elem(&registering, &tid);
 	charge_imu(imu);
 	return 0;
 }
 
-SEC("fentry/io_buffer_unmap")
-int BPF_PROG(io_uring_unmap_v61, void *ring, void **slot)
+SEC("kprobe/io_buffer_unmap")
+int BPF_KPROBE(io_uring_unmap_v61, void *ring, void **slot)
 {
 	void *imu = NULL;
 

@@ -35,9 +35,12 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PINCG_NR_COUNTERS);
-	__type(key, enum pincg_counter);
+	__type(key, __u32);	/* enum pincg_counter */
 	__type(value, __u64);
 } counters SEC(".maps");
+
+/* Puts the shared enums in the object's BTF, so the Rust side gets them. */
+const volatile enum pincg_counter pincg_nr_counters = PINCG_NR_COUNTERS;
 
 /* Scratch space for building a pin_object (too big for the BPF stack). */
 struct {
