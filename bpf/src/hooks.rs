@@ -13,18 +13,41 @@ use pincg_cgroup_spec::Source;
 
 use crate::Error;
 
-/// One program set that can serve a hook, and the kernel function it needs.
+/// One BPF program and the kernel function it attaches to.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Variant {
+pub struct Attach {
     /// The program's function name in `src/bpf/<object>.bpf.c`.
     pub program: &'static str,
-    /// Further programs that serve the hook together with `program` (a
-    /// kretprobe paired with its kprobe).
-    pub companions: &'static [&'static str],
     /// The kernel function it attaches to.
     pub function: &'static str,
-    /// That function's parameter count on the kernels this variant serves.
+    /// That function's parameter count on the kernels this serves.
     pub params: usize,
+}
+
+/// The programs that together serve a hook on one range of kernels. It
+/// fits a kernel when every target function exists with its arity.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub attach: &'static [Attach],
+}
+
+impl Variant {
+    /// The program that names the variant in reports.
+    pub fn primary(&self) -> &'static str {
+        self.attach[0].program
+    }
+
+    pub fn programs(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.attach.iter().map(|a| a.program)
+    }
+
+    fn fits(&self, kernel: &dyn FunctionCatalog) -> bool {
+        self.attach.iter().all(|a| kernel.params(a.function) == Some(a.params))
+    }
+}
+
+const fn attach(program: &'static str, function: &'static str, params: usize) -> Attach {
+    Attach { program, function, params }
 }
 
 /// A point in a pin source's lifecycle that pincg must observe.
@@ -51,16 +74,42 @@ pub const IO_URING: SourceHooks = SourceHooks {
         Hook {
             name: "io_uring:register",
             variants: &[
-                Variant { program: "io_uring_register_v61", companions: &["io_uring_registered_v61"], function: "io_sqe_buffer_register", params: 4 },
-                Variant { program: "io_uring_register_v613", companions: &[], function: "io_sqe_buffer_register", params: 3 },
-                Variant { program: "io_uring_register_v72", companions: &[], function: "io_sqe_buffer_register", params: 2 },
+                Variant {
+                    attach: &[
+                        attach("io_uring_register_v61", "io_sqe_buffer_register", 4),
+                        attach("io_uring_registered_v61", "io_sqe_buffer_register", 4),
+                    ],
+                },
+                Variant { attach: &[attach("io_uring_register_v613", "io_sqe_buffer_register", 3)] },
+                Variant { attach: &[attach("io_uring_register_v72", "io_sqe_buffer_register", 2)] },
             ],
         },
         Hook {
             name: "io_uring:release",
             variants: &[
-                Variant { program: "io_uring_unmap_v61", companions: &[], function: "io_buffer_unmap", params: 2 },
-                Variant { program: "io_uring_free_node_v72", companions: &[], function: "io_free_rsrc_node", params: 2 },
+                // 6.12 unpins with unpin_user_folio, 6.1 with unpin_user_page.
+                Variant {
+                    attach: &[
+                        attach("io_uring_unmap_v61", "io_buffer_unmap", 2),
+                        attach("io_uring_unmapped_v61", "io_buffer_unmap", 2),
+                        attach("io_uring_unpin_folio_v612", "unpin_user_folio", 2),
+                        attach("io_uring_unpin_page_v61", "unpin_user_page", 1),
+                    ],
+                },
+                Variant {
+                    attach: &[
+                        attach("io_uring_unmap_v61", "io_buffer_unmap", 2),
+                        attach("io_uring_unmapped_v61", "io_buffer_unmap", 2),
+                        attach("io_uring_unpin_page_v61", "unpin_user_page", 1),
+                    ],
+                },
+                Variant {
+                    attach: &[
+                        attach("io_uring_free_node_v613", "io_free_rsrc_node", 2),
+                        attach("io_uring_freed_node_v613", "io_free_rsrc_node", 2),
+                        attach("io_uring_unpin_folio_v612", "unpin_user_folio", 2),
+                    ],
+                },
             ],
         },
     ],
@@ -89,13 +138,6 @@ impl KernelBtf {
     }
 }
 
-impl Variant {
-    /// Every program of this variant.
-    pub fn programs(&self) -> impl Iterator<Item = &'static str> {
-        std::iter::once(self.program).chain(self.companions.iter().copied())
-    }
-}
-
 impl FunctionCatalog for KernelBtf {
     fn params(&self, function: &str) -> Option<usize> {
         let func: Func<'_> = self.btf.type_by_name(function)?;
@@ -112,21 +154,24 @@ pub fn select(source: &SourceHooks, kernel: &dyn FunctionCatalog) -> Result<Vec<
         .map(|hook| {
             hook.variants
                 .iter()
-                .find(|v| kernel.params(v.function) == Some(v.params))
+                .find(|v| v.fits(kernel))
                 .ok_or_else(|| Error::HookUnavailable { hook: hook.name, reason: missing_reason(hook, kernel) })
         })
         .collect()
 }
 
 fn missing_reason(hook: &Hook, kernel: &dyn FunctionCatalog) -> String {
-    let seen: Vec<String> = hook
+    let mut seen: Vec<String> = hook
         .variants
         .iter()
-        .map(|v| match kernel.params(v.function) {
-            Some(n) => format!("{} has {n} parameters, variant {} expects {}", v.function, v.program, v.params),
-            None => format!("{} is not in the kernel's BTF", v.function),
+        .flat_map(|v| v.attach.iter())
+        .filter(|a| kernel.params(a.function) != Some(a.params))
+        .map(|a| match kernel.params(a.function) {
+            Some(n) => format!("{} has {n} parameters, {} expects {}", a.function, a.program, a.params),
+            None => format!("{} is not in the kernel's BTF", a.function),
         })
         .collect();
+    seen.dedup();
     format!("no program variant fits this kernel ({})", seen.join("; "))
 }
 
@@ -145,25 +190,47 @@ mod tests {
     }
 
     fn programs(kernel: &FakeKernel) -> Vec<&'static str> {
-        select(&IO_URING, kernel).unwrap().iter().map(|v| v.program).collect()
+        select(&IO_URING, kernel).unwrap().iter().map(|v| v.primary()).collect()
     }
 
     #[test]
     fn io_uring_on_6_1_and_6_12() {
-        let k = FakeKernel(HashMap::from([("io_sqe_buffer_register", 4), ("io_buffer_unmap", 2)]));
+        let k = FakeKernel(HashMap::from([
+            ("io_sqe_buffer_register", 4),
+            ("io_buffer_unmap", 2),
+            ("unpin_user_page", 1),
+        ]));
+        let chosen = select(&IO_URING, &k).unwrap();
+        assert_eq!(chosen[1].programs().last(), Some("io_uring_unpin_page_v61"));
         assert_eq!(programs(&k), ["io_uring_register_v61", "io_uring_unmap_v61"]);
+        let k612 = FakeKernel(HashMap::from([
+            ("io_sqe_buffer_register", 4),
+            ("io_buffer_unmap", 2),
+            ("unpin_user_page", 1),
+            ("unpin_user_folio", 2),
+        ]));
+        let chosen = select(&IO_URING, &k612).unwrap();
+        assert!(chosen[1].programs().any(|p| p == "io_uring_unpin_folio_v612"));
     }
 
     #[test]
     fn io_uring_on_6_13_to_7_1() {
-        let k = FakeKernel(HashMap::from([("io_sqe_buffer_register", 3), ("io_free_rsrc_node", 2)]));
-        assert_eq!(programs(&k), ["io_uring_register_v613", "io_uring_free_node_v72"]);
+        let k = FakeKernel(HashMap::from([
+            ("io_sqe_buffer_register", 3),
+            ("io_free_rsrc_node", 2),
+            ("unpin_user_folio", 2),
+        ]));
+        assert_eq!(programs(&k), ["io_uring_register_v613", "io_uring_free_node_v613"]);
     }
 
     #[test]
     fn io_uring_on_7_x() {
-        let k = FakeKernel(HashMap::from([("io_sqe_buffer_register", 2), ("io_free_rsrc_node", 2)]));
-        assert_eq!(programs(&k), ["io_uring_register_v72", "io_uring_free_node_v72"]);
+        let k = FakeKernel(HashMap::from([
+            ("io_sqe_buffer_register", 2),
+            ("io_free_rsrc_node", 2),
+            ("unpin_user_folio", 2),
+        ]));
+        assert_eq!(programs(&k), ["io_uring_register_v72", "io_uring_free_node_v613"]);
     }
 
     #[test]
@@ -171,6 +238,6 @@ mod tests {
         let k = FakeKernel(HashMap::from([("io_sqe_buffer_register", 5)]));
         let err = select(&IO_URING, &k).unwrap_err().to_string();
         assert!(err.starts_with("hook io_uring:register: no program variant fits this kernel"), "{err}");
-        assert!(err.contains("io_sqe_buffer_register has 5 parameters, variant io_uring_register_v61 expects 4"));
+        assert!(err.contains("io_sqe_buffer_register has 5 parameters, io_uring_register_v61 expects 4"), "{err}");
     }
 }

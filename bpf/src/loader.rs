@@ -89,7 +89,8 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
         Ok(chosen) => chosen,
         Err(e) => return Ok(unavailable(source, e.to_string())),
     };
-    let programs: Vec<&str> = chosen.iter().flat_map(|v| v.programs()).collect();
+    let mut programs: Vec<&str> = chosen.iter().flat_map(|v| v.programs()).collect();
+    programs.dedup();
     if programs.iter().all(|p| paths.link(p).exists()) {
         return Ok(statuses(source, &chosen, HookState::Adopted));
     }
@@ -136,18 +137,16 @@ fn attach_and_pin(
     paths: &PinPaths,
 ) -> Result<Vec<HookStatus>, Error> {
     let mut links: Vec<(&str, Link)> = Vec::new();
-    for variant in chosen {
-        for program in variant.programs() {
-            let prog = object
-                .progs_mut()
-                .find(|p| p.name() == program)
-                .expect("chosen variants come from this object's programs");
-            match prog.attach() {
-                Ok(link) => links.push((program, link)),
-                Err(e) => {
-                    let reason = format!("attaching {program} to {}: {e}", variant.function);
-                    return Ok(unavailable(source, reason));
-                }
+    for target in chosen.iter().flat_map(|v| v.attach.iter()) {
+        let prog = object
+            .progs_mut()
+            .find(|p| p.name() == target.program)
+            .expect("chosen variants come from this object's programs");
+        match prog.attach() {
+            Ok(link) => links.push((target.program, link)),
+            Err(e) => {
+                let reason = format!("attaching {} to {}: {e}", target.program, target.function);
+                return Ok(unavailable(source, reason));
             }
         }
     }
@@ -197,7 +196,7 @@ fn statuses(source: &SourceHooks, chosen: &[&'static Variant], state: HookState)
         .map(|v| HookStatus {
             hook: hook_of(source, v),
             source: source.source,
-            program: Some(v.program),
+            program: Some(v.primary()),
             state: state.clone(),
         })
         .collect()

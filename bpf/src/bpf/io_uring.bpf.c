@@ -14,7 +14,8 @@
  *                     (kprobe + kretprobe), io_buffer_unmap(ctx, slot)
  *   v613: 6.13 .. 7.1 io_sqe_buffer_register(ctx, iov, last_hpage) -> node
  *   v72: 7.2+         io_sqe_buffer_register(ctx, iov) -> io_rsrc_node *
- *   both release in   io_free_rsrc_node(ctx, node)
+ *   6.13+ release in  io_free_rsrc_node(ctx, node), unpinning with
+ *                     unpin_user_folio
  */
 #include "ledger.bpf.h"
 
@@ -65,16 +66,6 @@ static __always_inline __u64 imu_span(void *imu, __u64 *start)
 	return page_span(*start, len);
 }
 
-/* True when this put drops the last reference (clones share the pages). */
-static __always_inline bool last_reference(void *imu)
-{
-	struct io_mapped_ubuf___v612 *v612 = imu;
-
-	if (!bpf_core_field_exists(v612->refs))
-		return true;
-	return BPF_CORE_READ(v612, refs.refs.counter) == 1;
-}
-
 static __always_inline void charge_imu(void *imu)
 {
 	__u64 start = 0, bytes;
@@ -83,15 +74,6 @@ static __always_inline void charge_imu(void *imu)
 		return;
 	bytes = imu_span(imu, &start);
 	ledger_charge_current((__u64)imu, PINCG_SRC_IO_URING, start, bytes);
-}
-
-static __always_inline void release_imu(void *imu)
-{
-	__u64 start = 0;
-
-	if (!imu || !imu_span(imu, &start) || !last_reference(imu))
-		return;
-	ledger_release((__u64)imu, PINCG_SRC_IO_URING);
 }
 
 /*
@@ -133,13 +115,67 @@ int BPF_KRETPROBE(io_uring_registered_v61, int ret)
 	return 0;
 }
 
+/*
+ * Release: io_buffer_unmap (6.1/6.12) or io_free_rsrc_node (6.13+) drops one
+ * reference; only the put of
+ * the last reference (clones share the buffer) goes on to unpin the pages.
+ * Reading the refcount at entry would race with a concurrent put from a
+ * cloned ring, so the release is recorded when this task actually unpins
+ * inside io_buffer_unmap.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);	/* pid_tgid of the unmapping task */
+	__type(value, __u64);	/* the io_mapped_ubuf it unmaps */
+} unmapping SEC(".maps");
+
 SEC("kprobe/io_buffer_unmap")
 int BPF_KPROBE(io_uring_unmap_v61, void *ring, void **slot)
 {
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u64 start = 0;
 	void *imu = NULL;
 
 	bpf_probe_read_kernel(&imu, sizeof(imu), slot);
-	release_imu(imu);
+	if (!imu || !imu_span(imu, &start))
+		return 0;
+	bpf_map_update_elem(&unmapping, &tid, &imu, BPF_ANY);
+	return 0;
+}
+
+SEC("kretprobe/io_buffer_unmap")
+int BPF_KRETPROBE(io_uring_unmapped_v61)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&unmapping, &tid);
+	return 0;
+}
+
+/* The first unpin inside io_buffer_unmap: this put was the last one. */
+static __always_inline void unpinning(void)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u64 *imu = bpf_map_lookup_elem(&unmapping, &tid);
+
+	if (!imu)
+		return;
+	ledger_release(*imu, PINCG_SRC_IO_URING);
+	bpf_map_delete_elem(&unmapping, &tid);
+}
+
+SEC("fentry/unpin_user_folio")
+int BPF_PROG(io_uring_unpin_folio_v612)
+{
+	unpinning();
+	return 0;
+}
+
+SEC("fentry/unpin_user_page")
+int BPF_PROG(io_uring_unpin_page_v61)
+{
+	unpinning();
 	return 0;
 }
 
@@ -175,8 +211,9 @@ static __always_inline bool kernel_buffer(struct io_mapped_ubuf___v72 *imu)
 }
 
 SEC("fentry/io_free_rsrc_node")
-int BPF_PROG(io_uring_free_node_v72, void *ring, struct io_rsrc_node___v72 *node)
+int BPF_PROG(io_uring_free_node_v613, void *ring, struct io_rsrc_node___v72 *node)
 {
+	__u64 tid = bpf_get_current_pid_tgid();
 	struct io_mapped_ubuf___v72 *imu;
 
 	if (BPF_CORE_READ(node, type) != IORING_RSRC_BUFFER)
@@ -184,6 +221,15 @@ int BPF_PROG(io_uring_free_node_v72, void *ring, struct io_rsrc_node___v72 *node
 	imu = (void *)BPF_CORE_READ(node, buf);
 	if (!imu || kernel_buffer(imu))
 		return 0;
-	release_imu(imu);
+	bpf_map_update_elem(&unmapping, &tid, &imu, BPF_ANY);
+	return 0;
+}
+
+SEC("fexit/io_free_rsrc_node")
+int BPF_PROG(io_uring_freed_node_v613)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&unmapping, &tid);
 	return 0;
 }
