@@ -4,7 +4,7 @@ use std::path::PathBuf;
 /// hook or map involved and, where there is one, what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("this kernel refuses BPF tracing programs (fentry/fexit): {cause}")]
+    #[error("this kernel refuses pincg's BPF programs: {cause}")]
     NoTracing { cause: String },
     #[error("kernel BTF is missing ({path} not found): pincg needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf { path: PathBuf },

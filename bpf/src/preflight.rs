@@ -32,8 +32,14 @@ pub fn check(pin_root: &Path) -> Result<(), Error> {
     let status = fs::read_to_string(PROC_STATUS).map_err(|source| Error::Io { path: PROC_STATUS.into(), source })?;
     check_capabilities(&status)?;
     check_btf(Path::new(VMLINUX_BTF))?;
+    // Confidentiality mode forbids reading kernel memory from BPF, which
+    // every pincg program does, even where tracing programs still load.
+    let lockdown = lockdown_mode();
+    if lockdown.as_deref() == Some("confidentiality") {
+        return Err(Error::NoTracing { cause: explain_refusal(lockdown.as_deref(), None) });
+    }
     if !ProgramType::Tracing.is_supported().unwrap_or(false) {
-        return Err(Error::NoTracing { cause: tracing_refusal_cause() });
+        return Err(Error::NoTracing { cause: explain_refusal(lockdown.as_deref(), read_kconfig().as_deref()) });
     }
     ensure_bpffs(pin_root)
 }
@@ -60,18 +66,17 @@ fn check_btf(path: &Path) -> Result<(), Error> {
     }
 }
 
-/// Why tracing programs are refused: lockdown, or a kernel built without
-/// the ftrace trampolines fentry/fexit need.
-fn tracing_refusal_cause() -> String {
+/// The active lockdown mode, mounting securityfs to read it if needed.
+fn lockdown_mode() -> Option<String> {
     if !is_fs(Path::new(SECURITYFS), SECURITYFS_MAGIC) {
         // Best effort: without securityfs the mode stays unknown.
         let _ = mount("securityfs", SECURITYFS, "securityfs");
     }
-    let lockdown = fs::read_to_string(LOCKDOWN).ok().and_then(|t| active_lockdown(&t));
-    let config = read_kconfig();
-    explain_refusal(lockdown.as_deref(), config.as_deref())
+    fs::read_to_string(LOCKDOWN).ok().and_then(|t| active_lockdown(&t))
 }
 
+/// Why tracing programs are refused: lockdown, or a kernel built without
+/// the ftrace trampolines fentry/fexit need.
 fn explain_refusal(lockdown: Option<&str>, kconfig: Option<&str>) -> String {
     if lockdown == Some("confidentiality") {
         return format!(

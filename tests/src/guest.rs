@@ -21,6 +21,8 @@ pub struct Guest {
     pub vfio: bool,
     /// A restricted virtio-net NIC, for soft-RoCE.
     pub rdma_net: bool,
+    /// Extra kernel command line arguments.
+    pub append: String,
 }
 
 impl Default for Guest {
@@ -30,6 +32,7 @@ impl Default for Guest {
             timeout: Duration::from_secs(300),
             vfio: false,
             rdma_net: false,
+            append: String::new(),
         }
     }
 }
@@ -76,6 +79,9 @@ impl Guest {
         }
         if self.rdma_net {
             cmd.arg("--rdma-net");
+        }
+        if !self.append.is_empty() {
+            cmd.arg("--append").arg(&self.append);
         }
         cmd.arg("--").args(command);
         let started = Instant::now();

@@ -15,3 +15,9 @@ fn scenario(name: &str, guest: Guest) {
 fn io_uring_end_to_end() {
     scenario("io-uring", Guest::default());
 }
+
+#[test]
+fn agent_names_lockdown_on_a_confidentiality_kernel() {
+    let guest = Guest { append: "lockdown=confidentiality".into(), ..Guest::default() };
+    scenario("refuses-lockdown", guest);
+}

@@ -1,6 +1,12 @@
 //! The guest scenarios, one module each; `pincg-scenario <name>` runs one.
 
+pub mod demo;
 pub mod io_uring;
+pub mod refusal;
 
 /// Every scenario by name.
-pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[("io-uring", io_uring::run)];
+pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
+    ("io-uring", io_uring::run),
+    ("refuses-lockdown", refusal::lockdown),
+    ("demo", demo::run),
+];
