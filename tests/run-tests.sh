@@ -13,7 +13,7 @@ cargo build --workspace --bins
 rm -f target/guest-results.txt
 
 status=0
-cargo test --workspace -- --test-threads=2 || status=$?
+cargo test --workspace --lib --bins --tests -- --test-threads=2 || status=$?
 
 echo
 echo "=== guest scenarios (kernel ${PINCG_KERNEL:-6.12}) ==="
