@@ -230,7 +230,7 @@ newer_keyring() {
     apt_update "$src" "$KEYRING" || continue
     rm -f "$APT_DIR"/debs/*.deb
     (cd "$APT_DIR/debs" && apt_p -q download debian-archive-keyring >&2) || continue
-    deb=$(ls "$APT_DIR"/debs/debian-archive-keyring_*.deb 2>/dev/null | head -n1)
+    deb=$(compgen -G "$APT_DIR/debs/debian-archive-keyring_*.deb" | head -n1 || true)
     [[ -n "$deb" ]] || continue
     rm -rf "$kr_dir" && mkdir -p "$kr_dir"
     dpkg -x "$deb" "$kr_dir" || continue
@@ -288,7 +288,7 @@ else
   (cd "$APT_DIR/debs" && apt_p -q download "${pkgs[@]}" >&2) \
     || die "apt-get download ${pkgs[*]} from $SUITE failed"
   for p in "${pkgs[@]}"; do
-    deb=$(ls "$APT_DIR/debs/${p}_"*.deb 2>/dev/null | head -n1)
+    deb=$(compgen -G "$APT_DIR/debs/${p}_*.deb" | head -n1 || true)
     [[ -n "$deb" ]] || die "downloaded package file for $p not found in $APT_DIR/debs"
     log "unpacking $(basename "$deb")"
     dpkg -x "$deb" "$KDIR/root.tmp" || die "dpkg -x $deb failed"

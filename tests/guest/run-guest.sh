@@ -37,6 +37,8 @@
 #
 # Env: PINCG_CACHE (see fetch-kernel.sh), PINCG_QEMU (default
 # qemu-system-x86_64).
+# shellcheck disable=SC2054,SC2016,SC2317 # commas are QEMU option syntax; the
+# guest expands PINCG_GUEST_BIN; on_signal is called by trap
 set -euo pipefail
 
 PROG=run-guest.sh
@@ -162,10 +164,25 @@ if ((CONSOLE)); then
   tailpid=$!
 fi
 start=$SECONDS
+# QEMU runs under timeout(1) in the background so that this script, if it is
+# itself killed or interrupted, can take QEMU down with it (timeout puts
+# itself in its own process group, so a Ctrl-C or a group kill aimed at the
+# caller would not reach it; timeout forwards the TERM to QEMU).
+timeout --kill-after=5 "$TIMEOUT" "$QEMU" "${QARGS[@]}" < /dev/null > "$OUT/qemu.log" 2>&1 &
+qpid=$!
+on_signal() {
+  kill -TERM "$qpid" 2>/dev/null || true
+  wait "$qpid" 2>/dev/null || true
+  [[ -n "$tailpid" ]] && kill "$tailpid" 2>/dev/null
+  echo "$PROG: interrupted; QEMU stopped" >&2
+  exit 130
+}
+trap on_signal INT TERM HUP
 set +e
-timeout --kill-after=5 "$TIMEOUT" "$QEMU" "${QARGS[@]}" < /dev/null > "$OUT/qemu.log" 2>&1
+wait "$qpid"
 qrc=$?
 set -e
+trap - INT TERM HUP
 elapsed=$((SECONDS - start))
 if [[ -n "$tailpid" ]]; then sleep 0.2; kill "$tailpid" 2>/dev/null || true; wait "$tailpid" 2>/dev/null || true; fi
 

@@ -23,6 +23,19 @@ pub fn step(what: &str) {
     println!("== {what}");
 }
 
+/// Whether the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    version >= (major, minor)
+}
+
+/// Say, visibly, that a step does not apply to this kernel.
+pub fn skip(what: &str, why: &str) {
+    println!("   SKIPPED {what}: {why}");
+}
+
 /// The binary `name` next to the running scenario binary.
 pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating the scenario binary")?;

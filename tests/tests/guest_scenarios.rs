@@ -3,10 +3,13 @@
 
 use pincg_tests::guest::{workspace_binary, Guest};
 
+/// Run scenario `name` (a `pincg-scenario` name, optionally suffixed with
+/// `-<kernel>` to keep results apart) in `guest`.
 fn scenario(name: &str, guest: Guest) {
     let runner = env!("CARGO_BIN_EXE_pincg-scenario");
     workspace_binary("pincg", runner);
-    let run = guest.run(name, &[runner, name]);
+    let scenario = name.strip_suffix("-7x").unwrap_or(name);
+    let run = guest.run(name, &[runner, scenario]);
     println!("{}", run.output);
     run.assert_success(name);
 }
@@ -20,4 +23,11 @@ fn io_uring_end_to_end() {
 fn agent_names_lockdown_on_a_confidentiality_kernel() {
     let guest = Guest { append: "lockdown=confidentiality".into(), ..Guest::default() };
     scenario("refuses-lockdown", guest);
+}
+
+/// The 6.13+ program variants (fexit register, io_free_rsrc_node release),
+/// on Debian's newest 7.x kernel.
+#[test]
+fn io_uring_end_to_end_on_7x() {
+    scenario("io-uring-7x", Guest { series: "7".into(), ..Guest::default() });
 }

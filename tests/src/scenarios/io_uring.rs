@@ -4,7 +4,7 @@
 
 use anyhow::{ensure, Result};
 
-use crate::scenario::{http_get, pincg, step, wait_for, Agent, Cgroup, Workload};
+use crate::scenario::{http_get, kernel_at_least, pincg, skip, step, wait_for, Agent, Cgroup, Workload};
 
 const MIB: u64 = 1 << 20;
 
@@ -70,7 +70,11 @@ pub fn run() -> Result<()> {
     let mut cloner = Workload::spawn("cloner", &a, &["io_uring"])?;
     cloner.run("ring")?;
     cloner.run("register 64M")?;
-    cloner.run("clone")?;
+    if kernel_at_least(6, 12) {
+        cloner.run("clone")?;
+    } else {
+        skip("CLONE_BUFFERS", "the opcode arrived in 6.12");
+    }
     a.expect_current(64 * MIB)?;
     tenant.run("unregister")?;
     tenant.run("register 32M")?;
