@@ -1,11 +1,11 @@
-//! `pincg-workload [--user UID] io_uring`: a pinning process driven over
+//! `pincg-workload [--user UID] io_uring|vfio|rdma`: a pinning process driven over
 //! stdin (see `pincg_tests::workload`).
 //!
 //! `--user UID` raises RLIMIT_MEMLOCK to unlimited, then drops to UID
 //! without capabilities, so the kernel's own accounting runs as it does for
 //! an unprivileged tenant.
 
-use pincg_tests::workload::{self, io_uring::Rings};
+use pincg_tests::workload::{self, io_uring::Rings, rdma::Rdma, vfio::Vfio};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +22,14 @@ fn main() {
             let mut rings = Rings::default();
             workload::serve(|cmd, args| rings.command(cmd, args));
         }
+        "vfio" => {
+            let mut vfio = Vfio::default();
+            workload::serve(|cmd, args| vfio.command(cmd, args));
+        }
+        "rdma" => {
+            let mut rdma = Rdma::default();
+            workload::serve(|cmd, args| rdma.command(cmd, args));
+        }
         _ => usage(),
     }
 }
@@ -37,6 +45,6 @@ fn drop_privileges(uid: u32) {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pincg-workload [--user UID] io_uring");
+    eprintln!("usage: pincg-workload [--user UID] io_uring|vfio|rdma");
     std::process::exit(2)
 }

@@ -3,6 +3,8 @@
 //! stdout: `ok`, or `err <what failed>: <errno text>`.
 
 pub mod io_uring;
+pub mod rdma;
+pub mod vfio;
 
 use std::io::{BufRead, Write};
 
