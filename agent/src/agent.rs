@@ -19,6 +19,9 @@ use crate::http::{self, Shared};
 use crate::mirror::Mirror;
 use crate::snapshot::Snapshot;
 
+/// How often module hooks are checked against the loaded modules.
+const MODULE_POLL: Duration = Duration::from_secs(1);
+
 /// Where the agent reads and writes.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -39,6 +42,20 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(ledger: Ledger, cgroup_root: PathBuf, hooks: Vec<HookStatus>) -> Sampler {
         Sampler { ledger, cgroup_root, hooks }
+    }
+
+    /// Attach hooks whose module appeared, drop those whose module went.
+    fn refresh_hooks(&mut self, pins: &PinPaths) -> anyhow::Result<()> {
+        if let Some(hooks) = loader::refresh(pins, &self.hooks)? {
+            let changed: Vec<HookStatus> = hooks
+                .iter()
+                .filter(|h| !self.hooks.iter().any(|old| old.hook == h.hook && old.state == h.state))
+                .cloned()
+                .collect();
+            report_hooks(&changed);
+            self.hooks = hooks;
+        }
+        Ok(())
     }
 
     /// Read the ledger and the cgroup tree into one snapshot, and drop the
@@ -73,7 +90,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         });
         bail!("no hook could be attached: {}", reason.unwrap_or_else(|| "no sources".into()));
     }
-    let sampler = Sampler::new(Ledger::open(&opts.pins)?, opts.cgroup_root.clone(), hooks);
+    let mut sampler = Sampler::new(Ledger::open(&opts.pins)?, opts.cgroup_root.clone(), hooks);
     let mut mirror = Mirror::new(&opts.mirror_root);
     let first = sampler.sample()?;
     mirror.update(&first.rows)?;
@@ -91,12 +108,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     ));
 
     let mut tick = tokio::time::interval(opts.interval);
+    let mut modules = tokio::time::interval(MODULE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = modules.tick() => {
+                if let Err(e) = sampler.refresh_hooks(&opts.pins) {
+                    log(&format!("{e:#}"));
+                }
+                continue;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -118,12 +142,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
 fn report_hooks(hooks: &[HookStatus]) {
     for h in hooks {
-        let state = match &h.state {
-            HookState::Attached => "attached".to_string(),
-            HookState::Adopted => "adopted from a previous agent".to_string(),
-            HookState::Unavailable(reason) => format!("unavailable: {reason}"),
-        };
-        log(&format!("hook {} ({}): {state}", h.hook, h.program.unwrap_or("-")));
+        log(&format!("hook {} ({}): {}", h.hook, h.program.unwrap_or("-"), h.describe()));
     }
 }
 

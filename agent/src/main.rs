@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pincg_bpf::hooks::KernelBtf;
+use pincg_bpf::btf::KernelBtf;
 use pincg_bpf::ledger::Ledger;
 use pincg_bpf::loader::{self, HookState};
 use pincg_bpf::paths::{PinPaths, DEFAULT_PIN_ROOT};
@@ -117,8 +117,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 for h in &hooks {
                     match &h.state {
-                        HookState::Unavailable(reason) => println!("{:<22} unavailable  {reason}", h.hook),
-                        _ => println!("{:<22} available    {}", h.hook, h.program.unwrap_or("-")),
+                        HookState::Attached => println!("{:<18} {}", h.hook, h.program.unwrap_or("-")),
+                        _ => println!("{:<18} {}", h.hook, h.describe()),
                     }
                 }
             }

@@ -6,9 +6,6 @@
 //! source is loaded only when every one of its hooks has a variant: charges
 //! without their releases would drift.
 
-use libbpf_rs::btf::types::{Func, FuncProto};
-use libbpf_rs::btf::BtfType;
-use libbpf_rs::{Btf, ReferencesType};
 use pincg_cgroup_spec::Source;
 
 use crate::Error;
@@ -22,6 +19,8 @@ pub struct Attach {
     pub function: &'static str,
     /// That function's parameter count on the kernels this serves.
     pub params: usize,
+    /// The module holding the function; `None` for vmlinux.
+    pub module: Option<&'static str>,
 }
 
 /// The programs that together serve a hook on one range of kernels. It
@@ -42,12 +41,21 @@ impl Variant {
     }
 
     fn fits(&self, kernel: &dyn FunctionCatalog) -> bool {
-        self.attach.iter().all(|a| kernel.params(a.function) == Some(a.params))
+        self.attach.iter().all(|a| kernel.params(a.module, a.function) == Some(a.params))
+    }
+
+    /// Modules whose functions this variant attaches to.
+    pub fn modules(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.attach.iter().filter_map(|a| a.module)
     }
 }
 
 const fn attach(program: &'static str, function: &'static str, params: usize) -> Attach {
-    Attach { program, function, params }
+    Attach { program, function, params, module: None }
+}
+
+const fn attach_mod(program: &'static str, module: &'static str, function: &'static str, params: usize) -> Attach {
+    Attach { program, function, params, module: Some(module) }
 }
 
 /// A point in a pin source's lifecycle that pincg must observe.
@@ -115,35 +123,60 @@ pub const IO_URING: SourceHooks = SourceHooks {
     ],
 };
 
+pub const VFIO: SourceHooks = SourceHooks {
+    source: Source::Vfio,
+    object: "vfio",
+    hooks: &[
+        Hook {
+            name: "vfio:pin",
+            variants: &[Variant {
+                attach: &[
+                    attach_mod("vfio_pin_v61", "vfio_iommu_type1", "vfio_pin_pages_remote", 6),
+                    attach_mod("vfio_pinned_v61", "vfio_iommu_type1", "vfio_pin_pages_remote", 6),
+                    attach_mod("vfio_unpin_v61", "vfio_iommu_type1", "vfio_unpin_pages_remote", 5),
+                    attach_mod("vfio_unpinned_v61", "vfio_iommu_type1", "vfio_unpin_pages_remote", 5),
+                ],
+            }],
+        },
+        Hook {
+            name: "vfio:release",
+            variants: &[Variant { attach: &[attach_mod("vfio_remove_v61", "vfio_iommu_type1", "vfio_remove_dma", 2)] }],
+        },
+    ],
+};
+
+pub const RDMA: SourceHooks = SourceHooks {
+    source: Source::Rdma,
+    object: "rdma",
+    hooks: &[
+        Hook {
+            name: "rdma:register",
+            variants: &[
+                Variant { attach: &[attach_mod("rdma_umem_get_v61", "ib_uverbs", "ib_umem_get", 4)] },
+                Variant { attach: &[attach_mod("rdma_umem_get_v72", "ib_core", "__ib_umem_get_va", 4)] },
+            ],
+        },
+        Hook {
+            name: "rdma:release",
+            variants: &[
+                Variant { attach: &[attach_mod("rdma_umem_release", "ib_uverbs", "ib_umem_release", 1)] },
+                Variant { attach: &[attach_mod("rdma_umem_release", "ib_core", "ib_umem_release", 1)] },
+            ],
+        },
+    ],
+};
+
 /// Every source pincg can load, in load order.
-pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING];
+pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &RDMA];
 
 /// What the kernel offers: parameter counts of its functions.
 pub trait FunctionCatalog {
-    /// The parameter count of `function`, or `None` if the kernel has no
-    /// such function in its BTF.
-    fn params(&self, function: &str) -> Option<usize>;
-}
+    /// The parameter count of `function` (in `module`'s BTF, or vmlinux's),
+    /// or `None` if the kernel has no such function.
+    fn params(&self, module: Option<&str>, function: &str) -> Option<usize>;
 
-/// The running kernel's BTF (`/sys/kernel/btf/vmlinux`).
-pub struct KernelBtf {
-    btf: Btf<'static>,
-}
-
-impl KernelBtf {
-    pub fn load() -> Result<KernelBtf, Error> {
-        Btf::from_vmlinux()
-            .map(|btf| KernelBtf { btf })
-            .map_err(|source| Error::BadBtf { path: "/sys/kernel/btf/vmlinux".into(), source })
-    }
-}
-
-impl FunctionCatalog for KernelBtf {
-    fn params(&self, function: &str) -> Option<usize> {
-        let func: Func<'_> = self.btf.type_by_name(function)?;
-        let proto: BtfType<'_> = func.referenced_type();
-        FuncProto::try_from(proto).ok().map(|p| p.len())
-    }
+    /// Whether `module` is loaded (or built in).
+    fn module_loaded(&self, module: &str) -> bool;
 }
 
 /// The variant chosen for each hook of `source`, in hook order.
@@ -165,8 +198,8 @@ fn missing_reason(hook: &Hook, kernel: &dyn FunctionCatalog) -> String {
         .variants
         .iter()
         .flat_map(|v| v.attach.iter())
-        .filter(|a| kernel.params(a.function) != Some(a.params))
-        .map(|a| match kernel.params(a.function) {
+        .filter(|a| kernel.params(a.module, a.function) != Some(a.params))
+        .map(|a| match kernel.params(a.module, a.function) {
             Some(n) => format!("{} has {n} parameters, {} expects {}", a.function, a.program, a.params),
             None => format!("{} is not in the kernel's BTF", a.function),
         })
@@ -184,8 +217,12 @@ mod tests {
     struct FakeKernel(HashMap<&'static str, usize>);
 
     impl FunctionCatalog for FakeKernel {
-        fn params(&self, function: &str) -> Option<usize> {
+        fn params(&self, _module: Option<&str>, function: &str) -> Option<usize> {
             self.0.get(function).copied()
+        }
+
+        fn module_loaded(&self, _module: &str) -> bool {
+            true
         }
     }
 

@@ -7,6 +7,7 @@
 //! * [`ledger`] reads the pinned maps: per-cgroup usage, live pin objects
 //!   and health counters.
 
+pub mod btf;
 mod error;
 pub mod hooks;
 pub mod ledger;

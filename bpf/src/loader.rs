@@ -4,10 +4,17 @@
 //! A source whose links are already pinned (a previous agent loaded it) is
 //! adopted as it is: its programs kept running while no agent was up, and
 //! the maps they write are the ones this agent reads.
+//!
+//! Sources in modules (vfio_iommu_type1, ib_uverbs, ib_core) are loaded when
+//! the module appears; [`refresh`] is called periodically for that. Their
+//! links are pinned as `<program>@<module instance>` so that links of a
+//! module that was unloaded and loaded again are recognised as stale and
+//! replaced.
 
 use std::fs;
 use std::io::ErrorKind;
 use std::mem::MaybeUninit;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -15,7 +22,8 @@ use libbpf_rs::{Link, Object, OpenObject};
 use pincg_cgroup_spec::Source;
 use serde_json::json;
 
-use crate::hooks::{self, FunctionCatalog, KernelBtf, SourceHooks, Variant};
+use crate::btf::KernelBtf;
+use crate::hooks::{self, FunctionCatalog, SourceHooks, Variant};
 use crate::paths::{PinPaths, SHARED_MAPS};
 use crate::skel;
 use crate::Error;
@@ -27,6 +35,8 @@ pub enum HookState {
     Attached,
     /// Found attached and pinned by a previous agent, and kept.
     Adopted,
+    /// Its module is not loaded; it attaches when the module appears.
+    WaitingForModule(&'static str),
     /// Not attached; the reason names the function or error.
     Unavailable(String),
 }
@@ -45,11 +55,22 @@ impl HookStatus {
         matches!(self.state, HookState::Attached | HookState::Adopted)
     }
 
+    /// The state in words, for logs and `pincg probe`.
+    pub fn describe(&self) -> String {
+        match &self.state {
+            HookState::Attached => "attached".into(),
+            HookState::Adopted => "adopted from a previous agent".into(),
+            HookState::WaitingForModule(m) => format!("waiting for module {m}"),
+            HookState::Unavailable(reason) => format!("unavailable: {reason}"),
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let (state, reason) = match &self.state {
             HookState::Attached => ("attached", None),
             HookState::Adopted => ("adopted", None),
-            HookState::Unavailable(r) => ("unavailable", Some(r.as_str())),
+            HookState::WaitingForModule(m) => ("waiting_for_module", Some(m.to_string())),
+            HookState::Unavailable(r) => ("unavailable", Some(r.clone())),
         };
         json!({"hook": self.hook, "source": self.source.key(), "program": self.program,
                "state": state, "reason": reason})
@@ -72,44 +93,88 @@ pub fn load_all(paths: &PinPaths) -> Result<Vec<HookStatus>, Error> {
     Ok(statuses)
 }
 
-/// What `load_all` would do, without loading anything: the variant chosen
-/// per hook, or why there is none.
+/// Bring module sources in line with the modules now loaded: attach those
+/// whose module appeared (or came back), drop links of modules that went.
+/// Returns the new statuses when anything changed.
+pub fn refresh(paths: &PinPaths, current: &[HookStatus]) -> Result<Option<Vec<HookStatus>>, Error> {
+    let kernel = KernelBtf::load()?;
+    let mut changed = false;
+    let mut statuses = Vec::new();
+    for source in hooks::ALL_SOURCES {
+        let before: Vec<&HookStatus> = current.iter().filter(|h| h.source == source.source).collect();
+        let stale = before.iter().any(|h| h.is_live()) && !links_current(source, &kernel, paths);
+        let waiting = before.iter().any(|h| matches!(h.state, HookState::WaitingForModule(m) if kernel.module_loaded(m)));
+        if stale || waiting {
+            changed = true;
+            statuses.extend(load_source(source, &kernel, paths)?);
+        } else {
+            statuses.extend(before.into_iter().cloned());
+        }
+    }
+    Ok(changed.then_some(statuses))
+}
+
+/// What `load_all` would do, without loading anything.
 pub fn probe(kernel: &dyn FunctionCatalog) -> Vec<HookStatus> {
     hooks::ALL_SOURCES
         .iter()
-        .flat_map(|source| match hooks::select(source, kernel) {
+        .flat_map(|source| match choose(source, kernel) {
             Ok(chosen) => statuses(source, &chosen, HookState::Attached),
-            Err(e) => unavailable(source, e.to_string()),
+            Err(state) => same_state(source, state),
         })
         .collect()
 }
 
+/// The variants to load, or the state every hook of the source is in.
+fn choose(source: &SourceHooks, kernel: &dyn FunctionCatalog) -> Result<Vec<&'static Variant>, HookState> {
+    let missing_module = source
+        .hooks
+        .iter()
+        .flat_map(|h| h.variants.iter())
+        .flat_map(|v| v.modules())
+        .find(|m| !kernel.module_loaded(m));
+    match hooks::select(source, kernel) {
+        Ok(chosen) => Ok(chosen),
+        Err(_) if missing_module.is_some() => Err(HookState::WaitingForModule(missing_module.expect("checked"))),
+        Err(e) => Err(HookState::Unavailable(e.to_string())),
+    }
+}
+
 fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPaths) -> Result<Vec<HookStatus>, Error> {
-    let chosen = match hooks::select(source, kernel) {
+    let chosen = match choose(source, kernel) {
         Ok(chosen) => chosen,
-        Err(e) => return Ok(unavailable(source, e.to_string())),
+        Err(state) => {
+            remove_links(source, paths)?;
+            return Ok(same_state(source, state));
+        }
     };
-    let mut programs: Vec<&str> = chosen.iter().flat_map(|v| v.programs()).collect();
-    programs.dedup();
-    if programs.iter().all(|p| paths.link(p).exists()) {
+    let names = link_names(&chosen);
+    if names.iter().all(|n| paths.link(n).exists()) {
         return Ok(statuses(source, &chosen, HookState::Adopted));
     }
-    // A partial set of links (an agent died while attaching): start over.
-    for program in &programs {
-        remove_pin(&paths.link(program))?;
-    }
+    // A partial or stale set of links (an agent died while attaching, or a
+    // module was reloaded): start over.
+    remove_links(source, paths)?;
     match source.source {
-        Source::IoUring => {
-            let mut storage = MaybeUninit::uninit();
-            let mut open = skel::io_uring::IoUringSkelBuilder::default()
-                .open(&mut storage)
-                .map_err(|e| Error::Load { object: source.object, source: e })?;
-            prepare(open.open_object_mut(), &chosen, paths)?;
-            let loaded = open.load().map_err(|e| Error::Load { object: source.object, source: e })?;
-            attach_and_pin(source, loaded.object(), &chosen, paths)
-        }
+        Source::IoUring => load_object(skel::io_uring::IoUringSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
+        Source::Vfio => load_object(skel::vfio::VfioSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
+        Source::Rdma => load_object(skel::rdma::RdmaSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
         other => unreachable!("no BPF object is registered for source {}", other.key()),
     }
+}
+
+/// Open, load and attach one BPF object with only the chosen variants.
+fn load_object<'obj, B: SkelBuilder<'obj>>(
+    builder: B,
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    source: &'static SourceHooks,
+    chosen: &[&'static Variant],
+    paths: &PinPaths,
+) -> Result<Vec<HookStatus>, Error> {
+    let mut open = builder.open(storage).map_err(|e| Error::Load { object: source.object, source: e })?;
+    prepare(open.open_object_mut(), chosen, paths)?;
+    let loaded = open.load().map_err(|e| Error::Load { object: source.object, source: e })?;
+    attach_and_pin(source, loaded.object(), chosen, paths)
 }
 
 /// Load only the chosen variants; share the ledger maps through their pins.
@@ -136,25 +201,73 @@ fn attach_and_pin(
     chosen: &[&'static Variant],
     paths: &PinPaths,
 ) -> Result<Vec<HookStatus>, Error> {
-    let mut links: Vec<(&str, Link)> = Vec::new();
+    let mut links: Vec<(String, Link)> = Vec::new();
     for target in chosen.iter().flat_map(|v| v.attach.iter()) {
         let prog = object
             .progs_mut()
             .find(|p| p.name() == target.program)
             .expect("chosen variants come from this object's programs");
         match prog.attach() {
-            Ok(link) => links.push((target.program, link)),
+            Ok(link) => links.push((link_name(target.program, target.module), link)),
             Err(e) => {
                 let reason = format!("attaching {} to {}: {e}", target.program, target.function);
-                return Ok(unavailable(source, reason));
+                return Ok(same_state(source, HookState::Unavailable(reason)));
             }
         }
     }
-    for (program, link) in &mut links {
-        let path = paths.link(program);
+    for (name, link) in &mut links {
+        let path = paths.link(name);
         link.pin(&path).map_err(|source| Error::Pinned { path, source })?;
     }
     Ok(statuses(source, chosen, HookState::Attached))
+}
+
+/// `<program>`, or `<program>@<instance>` for a program in a module, where
+/// the instance changes every time the module is loaded.
+fn link_name(program: &str, module: Option<&str>) -> String {
+    match module.and_then(module_instance) {
+        Some(instance) => format!("{program}@{instance}"),
+        None => program.to_string(),
+    }
+}
+
+fn link_names(chosen: &[&'static Variant]) -> Vec<String> {
+    let mut names: Vec<String> =
+        chosen.iter().flat_map(|v| v.attach.iter()).map(|a| link_name(a.program, a.module)).collect();
+    names.dedup();
+    names
+}
+
+/// The inode of the module's sysfs directory: new for every load.
+fn module_instance(module: &str) -> Option<u64> {
+    fs::metadata(Path::new("/sys/module").join(module)).ok().map(|m| m.ino())
+}
+
+/// Whether the pinned links of a live source still match its modules.
+fn links_current(source: &SourceHooks, kernel: &KernelBtf, paths: &PinPaths) -> bool {
+    match choose(source, kernel) {
+        Ok(chosen) => link_names(&chosen).iter().all(|n| paths.link(n).exists()),
+        Err(_) => false,
+    }
+}
+
+/// Unpin every link of `source` (its programs, any module instance).
+fn remove_links(source: &SourceHooks, paths: &PinPaths) -> Result<(), Error> {
+    let programs: Vec<&str> = source.hooks.iter().flat_map(|h| h.variants).flat_map(|v| v.programs()).collect();
+    let dir = paths.links_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(Error::Io { path: dir, source }),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let program = name.split('@').next().unwrap_or_default();
+        if programs.contains(&program) {
+            remove_pin(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Remove everything pincg pinned: programs detach, the ledger is dropped.
@@ -202,16 +315,11 @@ fn statuses(source: &SourceHooks, chosen: &[&'static Variant], state: HookState)
         .collect()
 }
 
-fn unavailable(source: &SourceHooks, reason: String) -> Vec<HookStatus> {
+fn same_state(source: &SourceHooks, state: HookState) -> Vec<HookStatus> {
     source
         .hooks
         .iter()
-        .map(|h| HookStatus {
-            hook: h.name,
-            source: source.source,
-            program: None,
-            state: HookState::Unavailable(reason.clone()),
-        })
+        .map(|h| HookStatus { hook: h.name, source: source.source, program: None, state: state.clone() })
         .collect()
 }
 

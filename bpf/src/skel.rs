@@ -5,3 +5,11 @@
 pub mod io_uring {
     include!(concat!(env!("OUT_DIR"), "/io_uring.skel.rs"));
 }
+
+pub mod vfio {
+    include!(concat!(env!("OUT_DIR"), "/vfio.skel.rs"));
+}
+
+pub mod rdma {
+    include!(concat!(env!("OUT_DIR"), "/rdma.skel.rs"));
+}

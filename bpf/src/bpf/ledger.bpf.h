@@ -74,10 +74,9 @@ static __always_inline struct cgroup_usage *usage_of(__u64 cgroup)
 	return u;
 }
 
-/* Add (or with `sign` -1, remove) `bytes` along the object's ancestry. */
-static __always_inline void apply(const struct pin_object *obj, __u32 source, __s64 sign)
+/* Add `delta` bytes (negative: remove) along the object's ancestry. */
+static __always_inline void apply(const struct pin_object *obj, __u32 source, __s64 delta)
 {
-	__u64 delta = (__u64)((__s64)obj->bytes * sign);
 	struct cgroup_usage *u;
 	__u32 src = source;
 
@@ -97,8 +96,8 @@ static __always_inline void apply(const struct pin_object *obj, __u32 source, __
 }
 
 /*
- * Fill `obj` with the current task's cgroup: the cgroup v2 id of the task and
- * its ancestors from the root down. A cgroup nested deeper than
+ * Fill `obj` with the pinner's cgroup: the cgroup v2 id of the task and its
+ * ancestors from the root down. A cgroup nested deeper than
  * PINCG_MAX_DEPTH - 1 levels keeps its own id in the last slot, so it and
  * its shallowest ancestors are charged; the levels in between are not.
  */
@@ -126,6 +125,32 @@ static __always_inline void owner_is_current(struct pin_object *obj)
 	bpf_get_current_comm(obj->comm, sizeof(obj->comm));
 }
 
+/* The same for a task recorded by the subsystem (pins made in a kworker or
+ * another process on the owner's behalf). */
+static __always_inline void owner_is_task(struct pin_object *obj, struct task_struct *task)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	int level = BPF_CORE_READ(cgrp, level);
+	__u32 depth = 0;
+
+	for (int i = 0; i < PINCG_MAX_DEPTH; i++) {
+		struct cgroup *ancestor = NULL;
+
+		if (i > level)
+			break;
+		bpf_core_read(&ancestor, sizeof(ancestor), &cgrp->ancestors[i]);
+		obj->ancestors[i] = BPF_CORE_READ(ancestor, kn, id);
+		depth = i + 1;
+	}
+	if (depth == 0)
+		depth = 1;
+	obj->cgroup = BPF_CORE_READ(cgrp, kn, id);
+	obj->ancestors[(depth - 1) & (PINCG_MAX_DEPTH - 1)] = obj->cgroup;
+	obj->depth = depth;
+	obj->tgid = BPF_CORE_READ(task, tgid);
+	bpf_probe_read_kernel_str(obj->comm, sizeof(obj->comm), &task->comm);
+}
+
 /* Return a release recorded in the ledger; the charged cgroups get it back. */
 static __always_inline void ledger_release(__u64 object, __u32 source)
 {
@@ -136,20 +161,43 @@ static __always_inline void ledger_release(__u64 object, __u32 source)
 		count(PINCG_CNT_UNKNOWN_RELEASE);
 		return;
 	}
-	apply(obj, source, -1);
+	apply(obj, source, -(__s64)obj->bytes);
 	bpf_map_delete_elem(&objects, &key);
 	count(PINCG_CNT_RELEASES);
 }
 
+/* Record a new object owned by `owner` (NULL: the current task). */
+static __always_inline void record(struct pin_key *key, struct task_struct *owner, __u64 addr, __u64 bytes)
+{
+	__u32 zero = 0;
+	struct pin_object *obj = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (!obj)
+		return;
+	__builtin_memset(obj, 0, sizeof(*obj));
+	if (owner)
+		owner_is_task(obj, owner);
+	else
+		owner_is_current(obj);
+	obj->bytes = bytes;
+	obj->addr = addr;
+	obj->since_ns = bpf_ktime_get_boot_ns();
+	if (bpf_map_update_elem(&objects, key, obj, BPF_NOEXIST)) {
+		/* Documented fail mode: an unrecorded pin is not charged. */
+		count(PINCG_CNT_LEDGER_FULL);
+		return;
+	}
+	apply(obj, key->source, bytes);
+	count(PINCG_CNT_CHARGES);
+}
+
 /*
- * Charge `bytes` pinned at user address `addr` for `object` of `source` to
- * the current task's cgroup and its ancestors.
+ * Charge a new pin object of `bytes` at user address `addr` to the current
+ * task's cgroup and its ancestors.
  */
 static __always_inline void ledger_charge_current(__u64 object, __u32 source, __u64 addr, __u64 bytes)
 {
 	struct pin_key key = { .object = object, .source = source };
-	__u32 zero = 0;
-	struct pin_object *obj;
 
 	if (!bytes)
 		return;
@@ -158,21 +206,32 @@ static __always_inline void ledger_charge_current(__u64 object, __u32 source, __
 		count(PINCG_CNT_STALE_OBJECT);
 		ledger_release(object, source);
 	}
-	obj = bpf_map_lookup_elem(&scratch, &zero);
-	if (!obj)
-		return;
-	__builtin_memset(obj, 0, sizeof(*obj));
-	owner_is_current(obj);
-	obj->bytes = bytes;
-	obj->addr = addr;
-	obj->since_ns = bpf_ktime_get_boot_ns();
-	if (bpf_map_update_elem(&objects, &key, obj, BPF_NOEXIST)) {
-		/* Documented fail mode: an unrecorded pin is not charged. */
-		count(PINCG_CNT_LEDGER_FULL);
+	record(&key, NULL, addr, bytes);
+}
+
+/*
+ * An object that pins in several steps (a VFIO DMA mapping pinned chunk by
+ * chunk) now holds `bytes`. The first step records it for `owner`; later
+ * steps move its charge by the difference, to the cgroups recorded first.
+ * With `existing_only`, an object the ledger does not hold is left alone.
+ */
+static __always_inline void ledger_resize(__u64 object, __u32 source, struct task_struct *owner,
+					  __u64 addr, __u64 bytes, bool existing_only)
+{
+	struct pin_key key = { .object = object, .source = source };
+	struct pin_object *obj = bpf_map_lookup_elem(&objects, &key);
+	__s64 delta;
+
+	if (!obj) {
+		if (!existing_only && bytes)
+			record(&key, owner, addr, bytes);
 		return;
 	}
-	apply(obj, source, 1);
-	count(PINCG_CNT_CHARGES);
+	delta = (__s64)bytes - (__s64)obj->bytes;
+	if (!delta)
+		return;
+	apply(obj, source, delta);
+	__sync_fetch_and_add(&obj->bytes, delta);
 }
 
 /* Bytes of whole pages covering [addr, addr + len). */

@@ -1,11 +1,210 @@
-//! VFIO type1 DMA maps (placeholder: being written).
+//! VFIO type1 DMA maps through the container ioctls (the uAPI numbers and
+//! structs of include/uapi/linux/vfio.h), the legacy container path that
+//! pins with `vfio_pin_pages_remote` and charges `mm->locked_vm`.
+//!
+//! Commands:
+//! - `open <group>`: open `/dev/vfio/vfio`, check the API, attach the group
+//!   (e.g. `/dev/vfio/3`, see `crate::devices::vfio_edu_group`) and select
+//!   the type1v2 IOMMU.
+//! - `map <iova> <size>`: map fresh anonymous memory of `size` at `iova`
+//!   (`0x100000` or `1048576`), readable and writable by the device.
+//! - `unmap <iova> <size>`: unmap exactly that range.
+//! - `close`: close the group and the container, releasing every map.
+//! - `memlock <size>`: set this process's RLIMIT_MEMLOCK (soft and hard) to
+//!   `size`, so an unprivileged map beyond it fails in the kernel's check.
+//!
+//! A non-root workload (`pincg-workload --user UID vfio`) needs the group
+//! node to be its own: see `crate::devices::allow_user`. `/dev/vfio/vfio`
+//! is world-accessible.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::{anonymous_memory, os_error, parse_size};
+
+/// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO_TYPE is `';'` (0x3b), VFIO_BASE
+/// 100. `_IO` encodes no size or direction, so this is `0x3b00 | (100 + n)`.
+const fn vfio_io(n: libc::c_ulong) -> libc::c_ulong {
+    ((b';' as libc::c_ulong) << 8) | (100 + n)
+}
+
+/// Container: returns `VFIO_API_VERSION`.
+const VFIO_GET_API_VERSION: libc::c_ulong = vfio_io(0);
+/// Container: returns > 0 if the IOMMU type given by value is supported.
+const VFIO_CHECK_EXTENSION: libc::c_ulong = vfio_io(1);
+/// Container: selects the IOMMU type given by value (needs a group attached).
+const VFIO_SET_IOMMU: libc::c_ulong = vfio_io(2);
+/// Group: fills a `GroupStatus`.
+const VFIO_GROUP_GET_STATUS: libc::c_ulong = vfio_io(3);
+/// Group: attaches to the container whose fd an `int *` points to.
+const VFIO_GROUP_SET_CONTAINER: libc::c_ulong = vfio_io(4);
+/// Container (type1): maps and pins a `DmaMap`.
+const VFIO_IOMMU_MAP_DMA: libc::c_ulong = vfio_io(13);
+/// Container (type1): unmaps and unpins a `DmaUnmap`; writes back the size.
+const VFIO_IOMMU_UNMAP_DMA: libc::c_ulong = vfio_io(14);
+
+/// The only uAPI version there has ever been.
+const VFIO_API_VERSION: libc::c_int = 0;
+/// Type1 IOMMU, version 2 semantics (no partial unmaps of a mapping).
+const VFIO_TYPE1V2_IOMMU: libc::c_ulong = 3;
+/// `GroupStatus::flags`: every device in the group is bound to a VFIO driver.
+const VFIO_GROUP_FLAGS_VIABLE: u32 = 1 << 0;
+/// `DmaMap::flags`: the device may read, and write, the memory.
+const VFIO_DMA_MAP_FLAG_READ: u32 = 1 << 0;
+const VFIO_DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
+
+/// `struct vfio_group_status`.
+#[repr(C)]
+struct GroupStatus {
+    argsz: u32,
+    flags: u32,
+}
+
+/// `struct vfio_iommu_type1_dma_map`.
+#[repr(C)]
+struct DmaMap {
+    argsz: u32,
+    flags: u32,
+    vaddr: u64,
+    iova: u64,
+    size: u64,
+}
+
+/// `struct vfio_iommu_type1_dma_unmap` without its trailing flexible
+/// array (only used with the dirty-bitmap flag).
+#[repr(C)]
+struct DmaUnmap {
+    argsz: u32,
+    flags: u32,
+    iova: u64,
+    size: u64,
+}
+
+/// The size of a uAPI struct, as its `argsz` field wants it.
+fn argsz<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
+}
 
 /// A VFIO container with one group attached.
 #[derive(Default)]
-pub struct Vfio {}
+pub struct Vfio {
+    container: Option<OwnedFd>,
+    group: Option<OwnedFd>,
+}
 
 impl Vfio {
+    /// Run one workload command.
     pub fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
-        Err(format!("unknown vfio command {command:?} {args:?}"))
+        match (command, args) {
+            ("open", [group]) => self.open(group),
+            ("map", [iova, size]) => self.map(parse_iova(iova)?, parse_size(size)?),
+            ("unmap", [iova, size]) => self.unmap(parse_iova(iova)?, parse_size(size)?),
+            ("close", []) => {
+                // Detaching the container's last group releases the IOMMU
+                // backend and with it every map; the container goes after.
+                self.group = None;
+                self.container = None;
+                Ok(())
+            }
+            ("memlock", [size]) => memlock(parse_size(size)?),
+            _ => Err(format!("unknown vfio command {command:?} {args:?}")),
+        }
+    }
+
+    fn open(&mut self, group_path: &str) -> Result<(), String> {
+        if self.container.is_some() {
+            // A group can be open only once: the kernel would answer EBUSY.
+            return Err("a container is already open: send `close` first".into());
+        }
+        let container = open("/dev/vfio/vfio")?;
+        let version = ioctl(&container, VFIO_GET_API_VERSION, 0, "VFIO_GET_API_VERSION")?;
+        if version != VFIO_API_VERSION {
+            return Err(format!("VFIO_GET_API_VERSION: {version}, expected {VFIO_API_VERSION}"));
+        }
+        if ioctl(&container, VFIO_CHECK_EXTENSION, VFIO_TYPE1V2_IOMMU, "VFIO_CHECK_EXTENSION")? <= 0 {
+            return Err("VFIO_CHECK_EXTENSION: no type1v2 IOMMU (is vfio_iommu_type1 loaded?)".into());
+        }
+
+        let group = open(group_path)?;
+        let mut status = GroupStatus { argsz: argsz::<GroupStatus>(), flags: 0 };
+        ioctl(&group, VFIO_GROUP_GET_STATUS, &mut status as *mut GroupStatus as libc::c_ulong, "VFIO_GROUP_GET_STATUS")?;
+        if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
+            return Err(format!("{group_path} is not viable: a device in it is not bound to vfio"));
+        }
+        let container_fd: libc::c_int = container.as_raw_fd();
+        ioctl(&group, VFIO_GROUP_SET_CONTAINER, &container_fd as *const libc::c_int as libc::c_ulong, "VFIO_GROUP_SET_CONTAINER")?;
+        ioctl(&container, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU, "VFIO_SET_IOMMU")?;
+
+        self.container = Some(container);
+        self.group = Some(group);
+        Ok(())
+    }
+
+    /// Map fresh memory; it stays mapped in this process (like the
+    /// workload's other buffers) whatever the kernel answers.
+    fn map(&self, iova: u64, size: usize) -> Result<(), String> {
+        let container = self.container()?;
+        let map = DmaMap {
+            argsz: argsz::<DmaMap>(),
+            flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+            vaddr: anonymous_memory(size)? as u64,
+            iova,
+            size: size as u64,
+        };
+        ioctl(container, VFIO_IOMMU_MAP_DMA, &map as *const DmaMap as libc::c_ulong, "VFIO_IOMMU_MAP_DMA")?;
+        Ok(())
+    }
+
+    /// Unmap `[iova, iova + size)`; the kernel reports how much it unmapped,
+    /// which must be all of it (it silently unmaps nothing at a wrong iova).
+    fn unmap(&self, iova: u64, size: usize) -> Result<(), String> {
+        let container = self.container()?;
+        let mut unmap = DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: 0, iova, size: size as u64 };
+        ioctl(container, VFIO_IOMMU_UNMAP_DMA, &mut unmap as *mut DmaUnmap as libc::c_ulong, "VFIO_IOMMU_UNMAP_DMA")?;
+        if unmap.size != size as u64 {
+            return Err(format!("VFIO_IOMMU_UNMAP_DMA: unmapped {} bytes, not {size}", unmap.size));
+        }
+        Ok(())
+    }
+
+    fn container(&self) -> Result<&OwnedFd, String> {
+        self.container.as_ref().ok_or_else(|| "no container: send `open <group>` first".into())
+    }
+}
+
+/// An IOVA: `0x`-prefixed hex or decimal.
+fn parse_iova(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("bad iova {text:?}"))
+}
+
+/// Set RLIMIT_MEMLOCK, soft and hard, to `bytes`. Lowering needs no
+/// privilege, so this works after `--user` dropped them.
+fn memlock(bytes: usize) -> Result<(), String> {
+    let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        return Err(os_error("setrlimit(RLIMIT_MEMLOCK)"));
+    }
+    Ok(())
+}
+
+fn open(path: &str) -> Result<OwnedFd, String> {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("open {path}: {e}"))?;
+    Ok(file.into())
+}
+
+/// One VFIO ioctl. The kernel takes `arg` as an `unsigned long` either
+/// way: a value for some requests, a user pointer for others.
+fn ioctl(fd: &OwnedFd, request: libc::c_ulong, arg: libc::c_ulong, name: &str) -> Result<libc::c_int, String> {
+    // SAFETY: `arg` is a value or points to a live, correctly laid out
+    // struct for `request`, as each caller documents by its choice of struct.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) };
+    if rc < 0 {
+        Err(os_error(name))
+    } else {
+        Ok(rc)
     }
 }
