@@ -98,6 +98,32 @@ impl Cgroup {
     }
 }
 
+/// Pages currently held by FOLL_PIN pins, system-wide, from `/proc/vmstat`
+/// (`nr_foll_pin_acquired - nr_foll_pin_released`).
+pub fn kernel_pinned_pages() -> Result<i64> {
+    let vmstat = fs::read_to_string("/proc/vmstat")?;
+    let field = |name: &str| -> Result<i64> {
+        vmstat
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("/proc/vmstat has no {name}"))
+    };
+    Ok(field("nr_foll_pin_acquired")? - field("nr_foll_pin_released")?)
+}
+
+/// At a quiescent point, the agent's node-wide total (the root cgroup's
+/// `pins.current`) equals what the kernel holds pinned: zero drift.
+pub fn expect_no_drift() -> Result<()> {
+    let root = Path::new(MIRROR_ROOT).join("pins.current");
+    wait_for("zero drift between pins.current of / and /proc/vmstat pinned pages", || {
+        let agent: i64 = fs::read_to_string(&root).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(-1);
+        match kernel_pinned_pages() {
+            Ok(pages) => (agent == pages * 4096, format!("agent {agent} B, kernel {} B", pages * 4096)),
+            Err(e) => (false, e.to_string()),
+        }
+    })
+}
+
 /// Poll `check` (which returns whether it holds and what it saw) until it
 /// holds or [`SETTLE`] passes.
 pub fn wait_for(what: &str, mut check: impl FnMut() -> (bool, String)) -> Result<()> {

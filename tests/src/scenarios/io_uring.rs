@@ -4,7 +4,7 @@
 
 use anyhow::{ensure, Result};
 
-use crate::scenario::{http_get, kernel_at_least, pincg, skip, step, wait_for, Agent, Cgroup, Workload};
+use crate::scenario::{expect_no_drift, http_get, kernel_at_least, pincg, skip, step, wait_for, Agent, Cgroup, Workload};
 
 const MIB: u64 = 1 << 20;
 
@@ -27,6 +27,7 @@ pub fn run() -> Result<()> {
     b.expect_current(32 * MIB)?;
     b.expect_stat(&[("io_uring", 32 * MIB)])?;
     parent.expect_current(96 * MIB)?;
+    expect_no_drift()?;
 
     step("the metrics endpoint and pincg status show the same numbers");
     let metrics = http_get("/metrics")?;
@@ -58,6 +59,7 @@ pub fn run() -> Result<()> {
     let agent = Agent::start()?;
     a.expect_current(64 * MIB)?;
     b.expect_current(16 * MIB)?;
+    expect_no_drift()?;
 
     step("BUFFERS_UPDATE empties the other slot; UNREGISTER from c returns a's charge to a");
     tenant.run("update-empty 0")?;
@@ -84,6 +86,7 @@ pub fn run() -> Result<()> {
     a.expect_current(0)?;
     b.expect_current(0)?;
     parent.expect_current(0)?;
+    expect_no_drift()?;
 
     step("the ledger is empty and saw no anomalies");
     let metrics = http_get("/metrics")?;

@@ -43,7 +43,10 @@ pub fn os_error(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 
-/// Anonymous, populated memory that lives as long as the process.
+/// Anonymous, populated memory that lives as long as the process, in small
+/// pages: with transparent huge pages the kernel keeps one pin reference per
+/// huge folio (io_uring coalesces), and the scenarios' cross-check against
+/// `/proc/vmstat` counts pin references.
 pub fn anonymous_memory(bytes: usize) -> Result<*mut libc::c_void, String> {
     // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
     let ptr = unsafe {
@@ -51,14 +54,17 @@ pub fn anonymous_memory(bytes: usize) -> Result<*mut libc::c_void, String> {
             std::ptr::null_mut(),
             bytes,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
     };
     if ptr == libc::MAP_FAILED {
-        Err(os_error("mmap"))
-    } else {
-        Ok(ptr)
+        return Err(os_error("mmap"));
     }
+    // SAFETY: advice on the mapping just created.
+    if unsafe { libc::madvise(ptr, bytes, libc::MADV_NOHUGEPAGE) } != 0 {
+        return Err(os_error("madvise(MADV_NOHUGEPAGE)"));
+    }
+    Ok(ptr)
 }
