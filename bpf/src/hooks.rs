@@ -166,8 +166,30 @@ pub const RDMA: SourceHooks = SourceHooks {
     ],
 };
 
+pub const XDP: SourceHooks = SourceHooks {
+    source: Source::Xdp,
+    object: "xdp",
+    hooks: &[
+        Hook {
+            name: "xdp:register",
+            variants: &[Variant { attach: &[attach("xdp_umem_create_v61", "xdp_umem_create", 1)] }],
+        },
+        Hook {
+            name: "xdp:release",
+            variants: &[Variant {
+                attach: &[
+                    attach("xdp_put_umem_v61", "xdp_put_umem", 2),
+                    attach("xdp_put_umem_done_v61", "xdp_put_umem", 2),
+                    attach("xdp_unpin_v61", "unpin_user_pages_dirty_lock", 3),
+                    attach("xdp_release_deferred_v61", "xdp_umem_release_deferred", 1),
+                ],
+            }],
+        },
+    ],
+};
+
 /// Every source pincg can load, in load order.
-pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &RDMA];
+pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &RDMA, &XDP];
 
 /// What the kernel offers: parameter counts of its functions.
 pub trait FunctionCatalog {

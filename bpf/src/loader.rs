@@ -159,6 +159,7 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
         Source::IoUring => load_object(skel::io_uring::IoUringSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
         Source::Vfio => load_object(skel::vfio::VfioSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
         Source::Rdma => load_object(skel::rdma::RdmaSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
+        Source::Xdp => load_object(skel::xdp::XdpSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
         other => unreachable!("no BPF object is registered for source {}", other.key()),
     }
 }

@@ -13,3 +13,7 @@ pub mod vfio {
 pub mod rdma {
     include!(concat!(env!("OUT_DIR"), "/rdma.skel.rs"));
 }
+
+pub mod xdp {
+    include!(concat!(env!("OUT_DIR"), "/xdp.skel.rs"));
+}

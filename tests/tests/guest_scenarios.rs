@@ -31,3 +31,8 @@ fn agent_names_lockdown_on_a_confidentiality_kernel() {
 fn io_uring_end_to_end_on_7x() {
     scenario("io-uring-7x", Guest { series: "7".into(), ..Guest::default() });
 }
+
+#[test]
+fn xdp_umem_end_to_end() {
+    scenario("xdp", Guest::default());
+}

@@ -1,11 +1,11 @@
-//! `pincg-workload [--user UID] io_uring|vfio|rdma`: a pinning process driven over
+//! `pincg-workload [--user UID] io_uring|vfio|rdma|xdp`: a pinning process driven over
 //! stdin (see `pincg_tests::workload`).
 //!
 //! `--user UID` raises RLIMIT_MEMLOCK to unlimited, then drops to UID
 //! without capabilities, so the kernel's own accounting runs as it does for
 //! an unprivileged tenant.
 
-use pincg_tests::workload::{self, io_uring::Rings, rdma::Rdma, vfio::Vfio};
+use pincg_tests::workload::{self, io_uring::Rings, rdma::Rdma, vfio::Vfio, xdp::Xdp};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +26,10 @@ fn main() {
             let mut vfio = Vfio::default();
             workload::serve(|cmd, args| vfio.command(cmd, args));
         }
+        "xdp" => {
+            let mut xdp = Xdp::default();
+            workload::serve(|cmd, args| xdp.command(cmd, args));
+        }
         "rdma" => {
             let mut rdma = Rdma::default();
             workload::serve(|cmd, args| rdma.command(cmd, args));
@@ -45,6 +49,6 @@ fn drop_privileges(uid: u32) {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pincg-workload [--user UID] io_uring|vfio|rdma");
+    eprintln!("usage: pincg-workload [--user UID] io_uring|vfio|rdma|xdp");
     std::process::exit(2)
 }

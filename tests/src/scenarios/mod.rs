@@ -3,10 +3,12 @@
 pub mod demo;
 pub mod io_uring;
 pub mod refusal;
+pub mod xdp;
 
 /// Every scenario by name.
 pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("io-uring", io_uring::run),
     ("refuses-lockdown", refusal::lockdown),
     ("demo", demo::run),
+    ("xdp", xdp::run),
 ];

@@ -5,6 +5,7 @@
 pub mod io_uring;
 pub mod rdma;
 pub mod vfio;
+pub mod xdp;
 
 use std::io::{BufRead, Write};
 

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * AF_XDP umems (setsockopt XDP_UMEM_REG), in vmlinux.
+ *
+ * xdp_umem_create pins the whole umem in the registering task. The umem is
+ * refcounted by the sockets sharing it; only the last put releases it,
+ * either right away (xdp_put_umem unpins inside the call) or deferred to a
+ * kworker (xdp_umem_release_deferred). Both are recorded when the pages are
+ * actually unpinned or the deferred release runs, never by reading the
+ * refcount, so concurrent puts cannot leak the charge.
+ */
+#include "ledger.bpf.h"
+
+struct xdp_umem___pincg {
+	__u32 npgs;
+	struct work_struct work;
+} __attribute__((preserve_access_index));
+
+struct xdp_umem_reg___pincg {
+	__u64 addr;
+} __attribute__((preserve_access_index));
+
+#define PAGE_BYTES 4096
+
+/* The umem a task is putting, between entry and return of xdp_put_umem. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);	/* pid_tgid */
+	__type(value, __u64);	/* struct xdp_umem * */
+} xdp_putting SEC(".maps");
+
+SEC("fexit/xdp_umem_create")
+int BPF_PROG(xdp_umem_create_v61, struct xdp_umem_reg___pincg *mr, struct xdp_umem___pincg *umem)
+{
+	if (!umem || (__u64)umem >= (__u64)-4095)
+		return 0;
+	ledger_charge_current((__u64)umem, PINCG_SRC_XDP, BPF_CORE_READ(mr, addr),
+			      (__u64)BPF_CORE_READ(umem, npgs) * PAGE_BYTES);
+	return 0;
+}
+
+SEC("fentry/xdp_put_umem")
+int BPF_PROG(xdp_put_umem_v61, struct xdp_umem___pincg *umem)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u64 value = (__u64)umem;
+
+	if (umem)
+		bpf_map_update_elem(&xdp_putting, &tid, &value, BPF_ANY);
+	return 0;
+}
+
+SEC("fexit/xdp_put_umem")
+int BPF_PROG(xdp_put_umem_done_v61)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&xdp_putting, &tid);
+	return 0;
+}
+
+/* The last put unpins the umem's pages inside xdp_put_umem. */
+SEC("fentry/unpin_user_pages_dirty_lock")
+int BPF_PROG(xdp_unpin_v61)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u64 *umem = bpf_map_lookup_elem(&xdp_putting, &tid);
+
+	if (!umem)
+		return 0;
+	ledger_release(*umem, PINCG_SRC_XDP);
+	bpf_map_delete_elem(&xdp_putting, &tid);
+	return 0;
+}
+
+SEC("fentry/xdp_umem_release_deferred")
+int BPF_PROG(xdp_release_deferred_v61, struct work_struct *work)
+{
+	__u64 umem = (__u64)work - bpf_core_field_offset(struct xdp_umem___pincg, work);
+
+	ledger_release(umem, PINCG_SRC_XDP);
+	return 0;
+}

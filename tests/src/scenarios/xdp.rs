@@ -1,0 +1,33 @@
+//! AF_XDP umems: exact bytes under `xdp`, returned when the socket closes
+//! (the release runs deferred, in a kworker) and when the process exits.
+
+use anyhow::Result;
+
+use crate::scenario::{expect_no_drift, step, Agent, Cgroup, Workload};
+
+const MIB: u64 = 1 << 20;
+
+pub fn run() -> Result<()> {
+    let cg = Cgroup::create("pincg-xdp")?;
+    let _agent = Agent::start()?;
+
+    step("a 64 MiB umem is charged to its cgroup under xdp");
+    let mut w = Workload::spawn("xdp", &cg, &["xdp"])?;
+    w.run("socket")?;
+    w.run("umem 64M")?;
+    cg.expect_current(64 * MIB)?;
+    cg.expect_stat(&[("xdp", 64 * MIB)])?;
+    expect_no_drift()?;
+
+    step("closing the socket returns it (deferred release in a kworker)");
+    w.run("close")?;
+    cg.expect_current(0)?;
+
+    step("a 16 MiB umem held at exit is returned too");
+    w.run("socket")?;
+    w.run("umem 16M")?;
+    cg.expect_current(16 * MIB)?;
+    w.exit()?;
+    cg.expect_current(0)?;
+    expect_no_drift()
+}
