@@ -25,8 +25,12 @@ const APPEAR: Duration = Duration::from_secs(10);
 /// its name. Idempotent: what is already in place is left as it is.
 pub fn soft_roce() -> Result<String> {
     // `modprobe` from PATH: in the guest it is the wrapper that knows where
-    // the guest kernel's modules are.
+    // the guest kernel's modules are. ib_uverbs (the /dev/infiniband/uverbsN
+    // character devices) is a dependency of rdma_rxe up to 6.x, where it holds
+    // ib_umem_get; from 7.x, with umem in ib_core, nothing loads it until
+    // libibverbs' netlink query makes the kernel autoload it: load it here.
     run("modprobe", &["rdma_rxe"])?;
+    run("modprobe", &["ib_uverbs"])?;
     let netdev = nic()?;
     run("ip", &["link", "set", &netdev, "up"])?;
     if run("ip", &["-o", "-4", "addr", "show", "dev", &netdev])?.trim().is_empty() {
@@ -37,7 +41,7 @@ pub fn soft_roce() -> Result<String> {
         run("rdma", &["link", "add", DEVICE, "type", "rxe", "netdev", &netdev])?;
     }
     let uverbs = wait_for_uverbs()?;
-    println!("   soft-RoCE {DEVICE} on {netdev}, {}", uverbs);
+    println!("   soft-RoCE {DEVICE} on {netdev}, {uverbs}");
 
     // libibverbs lists a kernel device only if a provider from
     // /etc/libibverbs.d (here rxe.driver, from ibverbs-providers) claims it.

@@ -227,6 +227,22 @@ impl Workload {
         Ok(())
     }
 
+    /// Send one command that must fail with an error containing `expected`.
+    pub fn expect_err(&mut self, command: &str, expected: &str) -> Result<()> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply)?;
+        ensure!(
+            reply.starts_with("err ") && reply.contains(expected),
+            "workload {}: `{command}` should fail with {expected:?}, answered {:?}",
+            self.name,
+            reply.trim()
+        );
+        println!("   {}: {command} -> {}", self.name, reply.trim());
+        Ok(())
+    }
+
     /// Tell the workload to exit without releasing anything; wait for it.
     pub fn exit(mut self) -> Result<()> {
         writeln!(self.stdin, "exit")?;
@@ -254,6 +270,16 @@ pub fn http_get(path: &str) -> Result<String> {
     let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
     ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
     Ok(body.to_string())
+}
+
+/// Wait until the metrics say hook `hook` is attached (1) or not (0).
+pub fn expect_hook(hook: &str, attached: u8) -> Result<()> {
+    let line_start = format!("pincg_hook_attached{{hook=\"{hook}\",");
+    wait_for(&format!("hook {hook} attached = {attached}"), || {
+        let metrics = http_get("/metrics").unwrap_or_default();
+        let line = metrics.lines().find(|l| l.starts_with(&line_start)).unwrap_or("<no such hook>");
+        (line.ends_with(&format!(" {attached}")), line.to_string())
+    })
 }
 
 /// Run `pincg <args>` and return its stdout; it must succeed.

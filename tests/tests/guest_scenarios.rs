@@ -36,3 +36,8 @@ fn io_uring_end_to_end_on_7x() {
 fn xdp_umem_end_to_end() {
     scenario("xdp", Guest::default());
 }
+
+#[test]
+fn vfio_type1_end_to_end() {
+    scenario("vfio", Guest { vfio: true, ..Guest::default() });
+}

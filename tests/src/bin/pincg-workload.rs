@@ -19,20 +19,16 @@ fn main() {
     }
     match kind.as_str() {
         "io_uring" => {
-            let mut rings = Rings::default();
-            workload::serve(|cmd, args| rings.command(cmd, args));
+            workload::serve(&mut Rings::default());
         }
         "vfio" => {
-            let mut vfio = Vfio::default();
-            workload::serve(|cmd, args| vfio.command(cmd, args));
+            workload::serve(&mut Vfio::default());
         }
         "xdp" => {
-            let mut xdp = Xdp::default();
-            workload::serve(|cmd, args| xdp.command(cmd, args));
+            workload::serve(&mut Xdp::default());
         }
         "rdma" => {
-            let mut rdma = Rdma::default();
-            workload::serve(|cmd, args| rdma.command(cmd, args));
+            workload::serve(&mut Rdma::default());
         }
         _ => usage(),
     }

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod io_uring;
 pub mod refusal;
+pub mod vfio;
 pub mod xdp;
 
 /// Every scenario by name.
@@ -11,4 +12,5 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("refuses-lockdown", refusal::lockdown),
     ("demo", demo::run),
     ("xdp", xdp::run),
+    ("vfio", vfio::run),
 ];

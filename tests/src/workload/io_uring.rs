@@ -49,9 +49,12 @@ pub struct Rings {
     clone: Option<OwnedFd>,
 }
 
-impl Rings {
-    /// Run one workload command.
-    pub fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
+impl super::Pinner for Rings {
+    fn pinning_fd(&self) -> Option<i32> {
+        self.main.as_ref().map(|fd| fd.as_raw_fd())
+    }
+
+    fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
         match (command, args) {
             ("ring", []) => {
                 self.main = Some(setup()?);
@@ -91,6 +94,9 @@ impl Rings {
             _ => Err(format!("unknown io_uring command {command:?} {args:?}")),
         }
     }
+}
+
+impl Rings {
 
     /// `register2 16M,16M[,sparse]`: BUFFERS2 with a tag per buffer; the
     /// word `sparse` leaves an empty slot.

@@ -2,6 +2,7 @@
 //! assert the ledger after every step. Each command answers one line on
 //! stdout: `ok`, or `err <what failed>: <errno text>`.
 
+pub mod fdpass;
 pub mod io_uring;
 pub mod rdma;
 pub mod vfio;
@@ -18,8 +19,22 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     }
 }
 
-/// Read commands until stdin closes or `exit`; run each with `handle`.
-pub fn serve(mut handle: impl FnMut(&str, &[&str]) -> Result<(), String>) {
+/// A pinning workload: its own commands, and the fd that holds its pins
+/// (what `send <path>` hands to another process).
+pub trait Pinner {
+    fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String>;
+    fn pinning_fd(&self) -> Option<std::os::fd::RawFd>;
+}
+
+/// Read commands until stdin closes or `exit`; run each on `pinner`. Every
+/// workload also understands `send <path>` (hand the pinning fd over),
+/// `listen <path>`, `accept` and `drop-received` (take one, hold it, drop it).
+pub fn serve(pinner: &mut dyn Pinner) {
+    let mut receiver = fdpass::Receiver::default();
+    let mut handle = |command: &str, args: &[&str]| match (command, args) {
+        ("send", [path]) => fdpass::send(path, pinner.pinning_fd().ok_or("nothing to send yet")?),
+        _ => receiver.command(command, args).unwrap_or_else(|| pinner.command(command, args)),
+    };
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     for line in stdin.lock().lines() {

@@ -7,7 +7,8 @@
 //! - `reg SIZE`: register SIZE bytes of fresh anonymous memory with local
 //!   write, remote write and remote read access.
 //! - `reg-odp SIZE`: the same with `IBV_ACCESS_ON_DEMAND` (no pins); a device
-//!   without ODP support answers `err` with the errno text.
+//!   without ODP support answers `err` with the errno text. rdma_rxe on
+//!   Debian's kernels: 6.1 EINVAL, 6.12 EOPNOTSUPP, 7.2 supported.
 //! - `dereg INDEX`: deregister the INDEX-th successful registration (0-based,
 //!   in registration order; indexes never shift).
 //! - `close`: deregister everything left, free the PD and close the device.
@@ -216,5 +217,16 @@ impl Rdma {
 
     fn device(&mut self) -> Result<&mut Device, String> {
         self.device.as_mut().ok_or_else(|| "no device: send `open` first".into())
+    }
+}
+
+impl super::Pinner for Rdma {
+    fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
+        Rdma::command(self, command, args)
+    }
+
+    /// The uverbs fd lives inside libibverbs' context; not handed over.
+    fn pinning_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
 }

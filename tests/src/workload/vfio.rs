@@ -199,12 +199,24 @@ fn open(path: &str) -> Result<OwnedFd, String> {
 /// One VFIO ioctl. The kernel takes `arg` as an `unsigned long` either
 /// way: a value for some requests, a user pointer for others.
 fn ioctl(fd: &OwnedFd, request: libc::c_ulong, arg: libc::c_ulong, name: &str) -> Result<libc::c_int, String> {
-    // SAFETY: `arg` is a value or points to a live, correctly laid out
-    // struct for `request`, as each caller documents by its choice of struct.
+    // SAFETY: every caller passes, for its `request`, either a plain value
+    // or the address of a live, correctly laid out uAPI struct.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) };
     if rc < 0 {
         Err(os_error(name))
     } else {
         Ok(rc)
+    }
+}
+
+impl super::Pinner for Vfio {
+    fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
+        Vfio::command(self, command, args)
+    }
+
+    /// The group fd: whoever holds it keeps the group attached to the
+    /// container, and so the mappings alive; its last close unmaps them.
+    fn pinning_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.group.as_ref().map(|fd| std::os::fd::AsRawFd::as_raw_fd(fd))
     }
 }

@@ -26,8 +26,12 @@ pub struct Xdp {
     socket: Option<OwnedFd>,
 }
 
-impl Xdp {
-    pub fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
+impl super::Pinner for Xdp {
+    fn pinning_fd(&self) -> Option<i32> {
+        self.socket.as_ref().map(|fd| fd.as_raw_fd())
+    }
+
+    fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
         match (command, args) {
             ("socket", []) => {
                 // SAFETY: plain socket(2).
