@@ -41,3 +41,8 @@ fn xdp_umem_end_to_end() {
 fn vfio_type1_end_to_end() {
     scenario("vfio", Guest { vfio: true, ..Guest::default() });
 }
+
+#[test]
+fn owner_not_current_after_fd_handover() {
+    scenario("owner-not-current", Guest { vfio: true, ..Guest::default() });
+}

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod io_uring;
+pub mod owner;
 pub mod refusal;
 pub mod vfio;
 pub mod xdp;
@@ -13,4 +14,5 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("demo", demo::run),
     ("xdp", xdp::run),
     ("vfio", vfio::run),
+    ("owner-not-current", owner::run),
 ];
