@@ -216,31 +216,31 @@ impl Workload {
         self.child.id()
     }
 
-    /// Send one command; it must answer `ok`.
-    pub fn run(&mut self, command: &str) -> Result<()> {
+    /// Send one command; `Ok(Err(reply))` if the workload answered `err`.
+    pub fn try_run(&mut self, command: &str) -> Result<std::result::Result<(), String>> {
         writeln!(self.stdin, "{command}")?;
         self.stdin.flush()?;
         let mut reply = String::new();
         self.stdout.read_line(&mut reply)?;
-        ensure!(reply.trim() == "ok", "workload {}: `{command}` answered {:?}", self.name, reply.trim());
-        println!("   {}: {command}", self.name);
-        Ok(())
+        let reply = reply.trim();
+        println!("   {}: {command}{}", self.name, if reply == "ok" { String::new() } else { format!(" -> {reply}") });
+        Ok(if reply == "ok" { Ok(()) } else { Err(reply.to_string()) })
+    }
+
+    /// Send one command; it must answer `ok`.
+    pub fn run(&mut self, command: &str) -> Result<()> {
+        match self.try_run(command)? {
+            Ok(()) => Ok(()),
+            Err(reply) => bail!("workload {}: `{command}` answered {reply:?}", self.name),
+        }
     }
 
     /// Send one command that must fail with an error containing `expected`.
     pub fn expect_err(&mut self, command: &str, expected: &str) -> Result<()> {
-        writeln!(self.stdin, "{command}")?;
-        self.stdin.flush()?;
-        let mut reply = String::new();
-        self.stdout.read_line(&mut reply)?;
-        ensure!(
-            reply.starts_with("err ") && reply.contains(expected),
-            "workload {}: `{command}` should fail with {expected:?}, answered {:?}",
-            self.name,
-            reply.trim()
-        );
-        println!("   {}: {command} -> {}", self.name, reply.trim());
-        Ok(())
+        match self.try_run(command)? {
+            Err(reply) if reply.contains(expected) => Ok(()),
+            other => bail!("workload {}: `{command}` should fail with {expected:?}, got {other:?}", self.name),
+        }
     }
 
     /// Tell the workload to exit without releasing anything; wait for it.

@@ -46,3 +46,8 @@ fn vfio_type1_end_to_end() {
 fn owner_not_current_after_fd_handover() {
     scenario("owner-not-current", Guest { vfio: true, ..Guest::default() });
 }
+
+#[test]
+fn rdma_soft_roce_end_to_end() {
+    scenario("rdma", Guest { rdma_net: true, ..Guest::default() });
+}

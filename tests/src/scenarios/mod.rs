@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod io_uring;
 pub mod owner;
+pub mod rdma;
 pub mod refusal;
 pub mod vfio;
 pub mod xdp;
@@ -15,4 +16,5 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("xdp", xdp::run),
     ("vfio", vfio::run),
     ("owner-not-current", owner::run),
+    ("rdma", rdma::run),
 ];
