@@ -21,10 +21,11 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("hook {hook}: {reason}")]
     HookUnavailable { hook: &'static str, reason: String },
-    #[error("BPF object {object}: {source}")]
-    Load { object: &'static str, source: libbpf_rs::Error },
-    #[error("hook {hook} ({program}): {source}")]
-    Attach { hook: &'static str, program: &'static str, source: libbpf_rs::Error },
+    #[error(
+        "pinned map {path} has (key, value, entries) sizes {found:?}, this pincg needs {wanted:?}: \
+         an agent of another version left it; `pincg unload` drops the old ledger"
+    )]
+    LayoutMismatch { path: PathBuf, found: (u32, u32, u32), wanted: (u32, u32, u32) },
     #[error("pinned BPF state {path}: {source}")]
     Pinned { path: PathBuf, source: libbpf_rs::Error },
     #[error("no pincg ledger pinned at {path}: start the agent with `pincg agent`")]

@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, Object, OpenObject};
+use libbpf_rs::{Link, MapCore, MapHandle, Object, OpenObject};
 use pincg_cgroup_spec::Source;
 use serde_json::json;
 
@@ -164,7 +164,9 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
     }
 }
 
-/// Open, load and attach one BPF object with only the chosen variants.
+/// Open, load and attach one BPF object with only the chosen variants. An
+/// object the kernel refuses (verifier, missing BTF type) leaves its hooks
+/// unavailable with the reason; only a ledger that cannot be shared fails.
 fn load_object<'obj, B: SkelBuilder<'obj>>(
     builder: B,
     storage: &'obj mut MaybeUninit<OpenObject>,
@@ -172,10 +174,19 @@ fn load_object<'obj, B: SkelBuilder<'obj>>(
     chosen: &[&'static Variant],
     paths: &PinPaths,
 ) -> Result<Vec<HookStatus>, Error> {
-    let mut open = builder.open(storage).map_err(|e| Error::Load { object: source.object, source: e })?;
+    let refused = |e: libbpf_rs::Error| {
+        let reason = format!("the kernel refused BPF object {}: {e} (PINCG_LIBBPF_DEBUG=1 shows why)", source.object);
+        Ok(same_state(source, HookState::Unavailable(reason)))
+    };
+    let mut open = match builder.open(storage) {
+        Ok(open) => open,
+        Err(e) => return refused(e),
+    };
     prepare(open.open_object_mut(), chosen, paths)?;
-    let loaded = open.load().map_err(|e| Error::Load { object: source.object, source: e })?;
-    attach_and_pin(source, loaded.object(), chosen, paths)
+    match open.load() {
+        Ok(loaded) => attach_and_pin(source, loaded.object(), chosen, paths),
+        Err(e) => refused(e),
+    }
 }
 
 /// Load only the chosen variants; share the ledger maps through their pins.
@@ -188,6 +199,13 @@ fn prepare(open: &mut OpenObject, chosen: &[&Variant], paths: &PinPaths) -> Resu
         let name = map.name().to_string_lossy().into_owned();
         if SHARED_MAPS.contains(&name.as_str()) {
             let path = paths.map(&name);
+            let wanted = (map.key_size(), map.value_size(), map.max_entries());
+            if let Ok(pinned) = MapHandle::from_pinned_path(&path) {
+                let found = (pinned.key_size(), pinned.value_size(), pinned.max_entries());
+                if found != wanted {
+                    return Err(Error::LayoutMismatch { path, found, wanted });
+                }
+            }
             map.set_pin_path(&path).map_err(|source| Error::Pinned { path, source })?;
         }
     }

@@ -166,8 +166,13 @@ static __always_inline void ledger_release(__u64 object, __u32 source)
 	count(PINCG_CNT_RELEASES);
 }
 
-/* Record a new object owned by `owner` (NULL: the current task). */
-static __always_inline void record(struct pin_key *key, struct task_struct *owner, __u64 addr, __u64 bytes)
+/*
+ * Record a new object owned by `owner` (NULL: the current task). `source`
+ * repeats key->source as a plain value: read back from the key on the
+ * stack, 6.1's verifier loses its bounds.
+ */
+static __always_inline void record(struct pin_key *key, __u32 source, struct task_struct *owner,
+				   __u64 addr, __u64 bytes)
 {
 	__u32 zero = 0;
 	struct pin_object *obj = bpf_map_lookup_elem(&scratch, &zero);
@@ -187,7 +192,7 @@ static __always_inline void record(struct pin_key *key, struct task_struct *owne
 		count(PINCG_CNT_LEDGER_FULL);
 		return;
 	}
-	apply(obj, key->source, bytes);
+	apply(obj, source, bytes);
 	count(PINCG_CNT_CHARGES);
 }
 
@@ -206,7 +211,7 @@ static __always_inline void ledger_charge_current(__u64 object, __u32 source, __
 		count(PINCG_CNT_STALE_OBJECT);
 		ledger_release(object, source);
 	}
-	record(&key, NULL, addr, bytes);
+	record(&key, source, NULL, addr, bytes);
 }
 
 /*
@@ -224,7 +229,7 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
 
 	if (!obj) {
 		if (!existing_only && bytes)
-			record(&key, owner, addr, bytes);
+			record(&key, source, owner, addr, bytes);
 		return;
 	}
 	delta = (__s64)bytes - (__s64)obj->bytes;

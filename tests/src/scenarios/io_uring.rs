@@ -15,13 +15,13 @@ pub fn run() -> Result<()> {
     let moved_to = Cgroup::create("pincg-test/c")?;
     let agent = Agent::start()?;
 
-    step("root registers 64 MiB in a; nobody registers 2 x 16 MiB (BUFFERS2) in b");
+    step("root registers 64 MiB in a; nobody registers 16 MiB + an empty slot + 16 MiB (BUFFERS2, tags, sparse) in b");
     let mut root = Workload::spawn("root-pinner", &a, &["io_uring"])?;
     root.run("ring")?;
     root.run("register 64M")?;
     let mut tenant = Workload::spawn("nobody-pinner", &b, &["--user", "65534", "io_uring"])?;
     tenant.run("ring")?;
-    tenant.run("register2 16M,16M")?;
+    tenant.run("register2 16M,sparse,16M")?;
     a.expect_current(64 * MIB)?;
     a.expect_stat(&[("io_uring", 64 * MIB)])?;
     b.expect_current(32 * MIB)?;
@@ -55,7 +55,7 @@ pub fn run() -> Result<()> {
 
     step("SIGKILL the agent; b releases one 16 MiB buffer (BUFFERS_UPDATE to empty) while it is down");
     agent.kill()?;
-    tenant.run("update-empty 1")?;
+    tenant.run("update-empty 2")?;
     let agent = Agent::start()?;
     a.expect_current(64 * MIB)?;
     b.expect_current(16 * MIB)?;
