@@ -108,7 +108,9 @@ impl Rings {
                 size => buffer(parse_size(size)?)?,
             });
         }
-        let tags: Vec<u64> = (1..=iovs.len() as u64).collect();
+        // A tag on an empty slot is refused (EINVAL): empty slots get 0.
+        let tags: Vec<u64> =
+            iovs.iter().enumerate().map(|(i, v)| if v.iov_base.is_null() { 0 } else { i as u64 + 1 }).collect();
         let reg = RsrcRegister {
             nr: iovs.len() as u32,
             data: iovs.as_ptr() as u64,
