@@ -82,35 +82,25 @@ static __always_inline void charge_imu(void *imu)
  * arguments of fentry/fexit programs on these kernels, so these variants
  * are kprobes. Registration is rare, not a hot path.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);	/* pid_tgid of the registering task */
-	__type(value, __u64);	/* its pimu */
-} registering SEC(".maps");
+/* The registering task's pimu. */
+PINCG_INFLIGHT_MAP(registering);
 
 SEC("kprobe/io_sqe_buffer_register")
 int BPF_KPROBE(io_uring_register_v61, void *ring, struct iovec *iov, void **pimu)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
-	__u64 out = (__u64)pimu;
-
-	bpf_map_update_elem(&registering, &tid, &out, BPF_ANY);
+	inflight_set(&registering, (__u64)pimu);
 	return 0;
 }
 
 SEC("kretprobe/io_sqe_buffer_register")
 int BPF_KRETPROBE(io_uring_registered_v61, int ret)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
-	__u64 *pimu = bpf_map_lookup_elem(&registering, &tid);
+	__u64 pimu = inflight_take(&registering);
 	void *imu = NULL;
 
-	if (!pimu)
+	if (!pimu || ret)
 		return 0;
-	if (!ret)
-		bpf_probe_read_kernel(&imu, sizeof(imu), (void *)*pimu);
-	bpf_map_delete_elem(&registering, &tid);
+	bpf_probe_read_kernel(&imu, sizeof(imu), (void *)pimu);
 	charge_imu(imu);
 	return 0;
 }
@@ -123,46 +113,35 @@ int BPF_KRETPROBE(io_uring_registered_v61, int ret)
  * cloned ring, so the release is recorded when this task actually unpins
  * inside io_buffer_unmap.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);	/* pid_tgid of the unmapping task */
-	__type(value, __u64);	/* the io_mapped_ubuf it unmaps */
-} unmapping SEC(".maps");
+/* The io_mapped_ubuf the task is releasing. */
+PINCG_INFLIGHT_MAP(unmapping);
 
 SEC("kprobe/io_buffer_unmap")
 int BPF_KPROBE(io_uring_unmap_v61, void *ring, void **slot)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
 	__u64 start = 0;
 	void *imu = NULL;
 
 	bpf_probe_read_kernel(&imu, sizeof(imu), slot);
-	if (!imu || !imu_span(imu, &start))
-		return 0;
-	bpf_map_update_elem(&unmapping, &tid, &imu, BPF_ANY);
+	if (imu && imu_span(imu, &start))
+		inflight_set(&unmapping, (__u64)imu);
 	return 0;
 }
 
 SEC("kretprobe/io_buffer_unmap")
 int BPF_KRETPROBE(io_uring_unmapped_v61)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
-
-	bpf_map_delete_elem(&unmapping, &tid);
+	inflight_take(&unmapping);
 	return 0;
 }
 
 /* The first unpin inside io_buffer_unmap: this put was the last one. */
 static __always_inline void unpinning(void)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
-	__u64 *imu = bpf_map_lookup_elem(&unmapping, &tid);
+	__u64 imu = inflight_take(&unmapping);
 
-	if (!imu)
-		return;
-	ledger_release(*imu, PINCG_SRC_IO_URING);
-	bpf_map_delete_elem(&unmapping, &tid);
+	if (imu)
+		ledger_release(imu, PINCG_SRC_IO_URING);
 }
 
 SEC("fentry/unpin_user_folio")
@@ -213,23 +192,19 @@ static __always_inline bool kernel_buffer(struct io_mapped_ubuf___v72 *imu)
 SEC("fentry/io_free_rsrc_node")
 int BPF_PROG(io_uring_free_node_v613, void *ring, struct io_rsrc_node___v72 *node)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
 	struct io_mapped_ubuf___v72 *imu;
 
 	if (BPF_CORE_READ(node, type) != IORING_RSRC_BUFFER)
 		return 0;
 	imu = (void *)BPF_CORE_READ(node, buf);
-	if (!imu || kernel_buffer(imu))
-		return 0;
-	bpf_map_update_elem(&unmapping, &tid, &imu, BPF_ANY);
+	if (imu && !kernel_buffer(imu))
+		inflight_set(&unmapping, (__u64)imu);
 	return 0;
 }
 
 SEC("fexit/io_free_rsrc_node")
 int BPF_PROG(io_uring_freed_node_v613)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
-
-	bpf_map_delete_elem(&unmapping, &tid);
+	inflight_take(&unmapping);
 	return 0;
 }

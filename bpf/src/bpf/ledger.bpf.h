@@ -239,6 +239,38 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
 	__sync_fetch_and_add(&obj->bytes, delta);
 }
 
+/*
+ * Per-task in-flight objects: the object a task works on between a hook at
+ * a function's entry and one at its return (or a witness hook called in
+ * between, such as the unpin inside a release). Keyed by pid_tgid.
+ */
+#define PINCG_INFLIGHT_MAP(name)			\
+	struct {					\
+		__uint(type, BPF_MAP_TYPE_HASH);	\
+		__uint(max_entries, 4096);		\
+		__type(key, __u64);			\
+		__type(value, __u64);			\
+	} name SEC(".maps")
+
+static __always_inline void inflight_set(void *map, __u64 object)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+
+	bpf_map_update_elem(map, &tid, &object, BPF_ANY);
+}
+
+/* The current task's in-flight object, or 0; forgotten once read. */
+static __always_inline __u64 inflight_take(void *map)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u64 *slot = bpf_map_lookup_elem(map, &tid);
+	__u64 object = slot ? *slot : 0;
+
+	if (slot)
+		bpf_map_delete_elem(map, &tid);
+	return object;
+}
+
 /* Bytes of whole pages covering [addr, addr + len). */
 static __always_inline __u64 page_span(__u64 addr, __u64 len)
 {

@@ -27,31 +27,7 @@ struct vfio_dma {
 #define PAGE_BYTES 4096
 
 /* The dma a task is pinning or unpinning, between entry and return. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);	/* pid_tgid */
-	__type(value, __u64);	/* struct vfio_dma * */
-} vfio_busy SEC(".maps");
-
-static __always_inline void remember(struct vfio_dma *dma)
-{
-	__u64 tid = bpf_get_current_pid_tgid();
-	__u64 value = (__u64)dma;
-
-	bpf_map_update_elem(&vfio_busy, &tid, &value, BPF_ANY);
-}
-
-/* The dma remembered at entry, now that the call returned. */
-static __always_inline struct vfio_dma *recall(void)
-{
-	__u64 tid = bpf_get_current_pid_tgid();
-	__u64 *dma = bpf_map_lookup_elem(&vfio_busy, &tid);
-	struct vfio_dma *found = dma ? (struct vfio_dma *)*dma : NULL;
-
-	bpf_map_delete_elem(&vfio_busy, &tid);
-	return found;
-}
+PINCG_INFLIGHT_MAP(vfio_busy);
 
 static __always_inline void sync_dma(struct vfio_dma *dma, bool existing_only)
 {
@@ -64,14 +40,14 @@ static __always_inline void sync_dma(struct vfio_dma *dma, bool existing_only)
 SEC("kprobe/vfio_pin_pages_remote")
 int BPF_KPROBE(vfio_pin_v61, struct vfio_dma *dma)
 {
-	remember(dma);
+	inflight_set(&vfio_busy, (__u64)dma);
 	return 0;
 }
 
 SEC("kretprobe/vfio_pin_pages_remote")
 int BPF_KRETPROBE(vfio_pinned_v61)
 {
-	struct vfio_dma *dma = recall();
+	struct vfio_dma *dma = (struct vfio_dma *)inflight_take(&vfio_busy);
 
 	if (dma)
 		sync_dma(dma, false);
@@ -81,14 +57,14 @@ int BPF_KRETPROBE(vfio_pinned_v61)
 SEC("kprobe/vfio_unpin_pages_remote")
 int BPF_KPROBE(vfio_unpin_v61, struct vfio_dma *dma)
 {
-	remember(dma);
+	inflight_set(&vfio_busy, (__u64)dma);
 	return 0;
 }
 
 SEC("kretprobe/vfio_unpin_pages_remote")
 int BPF_KRETPROBE(vfio_unpinned_v61)
 {
-	struct vfio_dma *dma = recall();
+	struct vfio_dma *dma = (struct vfio_dma *)inflight_take(&vfio_busy);
 
 	if (dma)
 		sync_dma(dma, true);

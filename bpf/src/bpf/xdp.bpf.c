@@ -23,12 +23,7 @@ struct xdp_umem_reg___pincg {
 #define PAGE_BYTES 4096
 
 /* The umem a task is putting, between entry and return of xdp_put_umem. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);	/* pid_tgid */
-	__type(value, __u64);	/* struct xdp_umem * */
-} xdp_putting SEC(".maps");
+PINCG_INFLIGHT_MAP(xdp_putting);
 
 SEC("fexit/xdp_umem_create")
 int BPF_PROG(xdp_umem_create_v61, struct xdp_umem_reg___pincg *mr, struct xdp_umem___pincg *umem)
@@ -43,20 +38,15 @@ int BPF_PROG(xdp_umem_create_v61, struct xdp_umem_reg___pincg *mr, struct xdp_um
 SEC("fentry/xdp_put_umem")
 int BPF_PROG(xdp_put_umem_v61, struct xdp_umem___pincg *umem)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
-	__u64 value = (__u64)umem;
-
 	if (umem)
-		bpf_map_update_elem(&xdp_putting, &tid, &value, BPF_ANY);
+		inflight_set(&xdp_putting, (__u64)umem);
 	return 0;
 }
 
 SEC("fexit/xdp_put_umem")
 int BPF_PROG(xdp_put_umem_done_v61)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
-
-	bpf_map_delete_elem(&xdp_putting, &tid);
+	inflight_take(&xdp_putting);
 	return 0;
 }
 
@@ -64,13 +54,10 @@ int BPF_PROG(xdp_put_umem_done_v61)
 SEC("fentry/unpin_user_pages_dirty_lock")
 int BPF_PROG(xdp_unpin_v61)
 {
-	__u64 tid = bpf_get_current_pid_tgid();
-	__u64 *umem = bpf_map_lookup_elem(&xdp_putting, &tid);
+	__u64 umem = inflight_take(&xdp_putting);
 
-	if (!umem)
-		return 0;
-	ledger_release(*umem, PINCG_SRC_XDP);
-	bpf_map_delete_elem(&xdp_putting, &tid);
+	if (umem)
+		ledger_release(umem, PINCG_SRC_XDP);
 	return 0;
 }
 
