@@ -1,38 +1,41 @@
-//! `pincg agent`: load the BPF side, then keep the mirror tree and the
-//! metrics in line with the ledger.
+//! `pincg agent`: load the BPF side, then keep the mirror tree, the limits
+//! in force and the metrics in line with the ledger.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pincg_bpf::ledger::Ledger;
+use pincg_bpf::ledger::{Ledger, Mode};
 use pincg_bpf::loader::{self, HookState, HookStatus};
 use pincg_bpf::paths::PinPaths;
 use pincg_bpf::preflight;
+use pincg_cgroup_spec::{Action, Limit};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cgroupfs::CgroupTree;
 use crate::http::{self, Shared};
+use crate::limits::Limits;
 use crate::mirror::Mirror;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{CgroupRow, Snapshot};
 
 /// How often module hooks are checked against the loaded modules.
 const MODULE_POLL: Duration = Duration::from_secs(1);
 
-/// Where the agent reads and writes.
+/// Where the agent reads and writes, and how it enforces.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub pins: PinPaths,
-    pub cgroup_root: PathBuf,
     pub mirror_root: PathBuf,
     pub listen: SocketAddr,
     pub interval: Duration,
+    pub mode: Mode,
 }
 
-/// Everything the agent needs to take a snapshot.
+/// Everything needed to take a snapshot.
 pub struct Sampler {
     ledger: Ledger,
     cgroup_root: PathBuf,
@@ -42,6 +45,32 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(ledger: Ledger, cgroup_root: PathBuf, hooks: Vec<HookStatus>) -> Sampler {
         Sampler { ledger, cgroup_root, hooks }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Read the ledger and the cgroup tree into one snapshot, and drop the
+    /// usage entries of removed cgroups that have nothing charged.
+    pub fn sample(&self) -> anyhow::Result<Snapshot> {
+        let tree = CgroupTree::scan(&self.cgroup_root)
+            .with_context(|| format!("reading the cgroup tree at {}", self.cgroup_root.display()))?;
+        let usage = self.ledger.usage()?;
+        for u in &usage {
+            if u.total.total() == 0 && u.local.total() == 0 && !tree.contains(u.cgroup) {
+                self.ledger.forget_cgroup(u.cgroup)?;
+            }
+        }
+        Ok(Snapshot {
+            rows: Snapshot::build(&tree, &usage, &self.ledger.limits()?),
+            hooks: self.hooks.clone(),
+            counters: self.ledger.counters()?,
+            objects: self.ledger.objects()?.len(),
+            mode: Some(self.ledger.mode()?),
+            actions: self.ledger.actions()?,
+            limit_errors: 0,
+        })
     }
 
     /// Attach hooks whose module appeared, drop those whose module went.
@@ -57,24 +86,51 @@ impl Sampler {
         }
         Ok(())
     }
+}
 
-    /// Read the ledger and the cgroup tree into one snapshot, and drop the
-    /// usage entries of removed cgroups that have nothing charged.
-    pub fn sample(&self) -> anyhow::Result<Snapshot> {
-        let tree = CgroupTree::scan(&self.cgroup_root)
-            .with_context(|| format!("reading the cgroup tree at {}", self.cgroup_root.display()))?;
-        let usage = self.ledger.usage()?;
-        for u in &usage {
-            if u.total.total() == 0 && u.local.total() == 0 && !tree.contains(u.cgroup) {
-                self.ledger.forget_cgroup(u.cgroup)?;
+/// One round: limits from the mirror into BPF, then a snapshot into the
+/// mirror, then the agent-side action (freeze).
+struct Round {
+    sampler: Sampler,
+    mirror: Mirror,
+    limits: Limits,
+    frozen: HashSet<u64>,
+}
+
+impl Round {
+    fn run(&mut self) -> anyhow::Result<Snapshot> {
+        let mut snapshot = self.sampler.sample()?;
+        let live: HashSet<u64> = snapshot.rows.iter().filter(|r| r.path.is_some()).map(|r| r.id).collect();
+        for row in &snapshot.rows {
+            if let Some(rel) = &row.path {
+                self.limits.sync(self.sampler.ledger(), row.id, &self.mirror.dir(rel));
             }
         }
-        Ok(Snapshot {
-            rows: Snapshot::build(&tree, &usage),
-            hooks: self.hooks.clone(),
-            counters: self.ledger.counters()?,
-            objects: self.ledger.objects()?.len(),
-        })
+        for gone in self.limits.cgroups().filter(|id| !live.contains(id)).collect::<Vec<_>>() {
+            self.limits.forget(self.sampler.ledger(), gone);
+        }
+        // What `sync` put in force shows from the next snapshot on; the
+        // limits a row carries are always those the kernel enforces.
+        snapshot.limit_errors = self.limits.errors;
+        self.mirror.update(&snapshot.rows)?;
+        for row in &snapshot.rows {
+            self.freeze_if_over(row);
+        }
+        Ok(snapshot)
+    }
+
+    /// The `freeze` action: a cgroup over its pins.max is frozen once.
+    fn freeze_if_over(&mut self, row: &CgroupRow) {
+        let (Some(limit), Some(rel)) = (&row.limit, &row.path) else { return };
+        let over = matches!(limit.max, Limit::Bytes(max) if row.current() > max);
+        if limit.action != Action::Freeze || !over || !self.frozen.insert(row.id) {
+            return;
+        }
+        let file = self.sampler.cgroup_root.join(rel).join("cgroup.freeze");
+        match std::fs::write(&file, "1") {
+            Ok(()) => log(&format!("{}: over pins.max, frozen ({})", row.label(), file.display())),
+            Err(e) => log(&format!("{}: over pins.max, freezing failed: {}: {e}", row.label(), file.display())),
+        }
     }
 }
 
@@ -90,11 +146,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         });
         bail!("no hook could be attached: {}", reason.unwrap_or_else(|| "no sources".into()));
     }
-    let mut sampler = Sampler::new(Ledger::open(&opts.pins)?, opts.cgroup_root.clone(), hooks);
-    let mut mirror = Mirror::new(&opts.mirror_root);
-    let first = sampler.sample()?;
-    mirror.update(&first.rows)?;
-    let shared: Shared = Arc::new(RwLock::new(Arc::new(first)));
+    let ledger = Ledger::open(&opts.pins)?;
+    ledger.set_mode(opts.mode)?;
+    log(&format!("mode {}", opts.mode));
+    let cgroup_root = opts.pins.cgroup_root().to_path_buf();
+    let mut round = Round {
+        sampler: Sampler::new(ledger, cgroup_root.clone(), hooks),
+        mirror: Mirror::new(&opts.mirror_root, cgroup_root),
+        limits: Limits::default(),
+        frozen: HashSet::new(),
+    };
+    let shared: Shared = Arc::new(RwLock::new(Arc::new(round.run()?)));
 
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -108,15 +170,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     ));
 
     let mut tick = tokio::time::interval(opts.interval);
-    let mut modules = tokio::time::interval(MODULE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut modules = tokio::time::interval(MODULE_POLL);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = modules.tick() => {
-                if let Err(e) = sampler.refresh_hooks(&opts.pins) {
+                if let Err(e) = round.sampler.refresh_hooks(&opts.pins) {
                     log(&format!("{e:#}"));
                 }
                 continue;
@@ -126,17 +188,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         // One bad round (a cgroup vanishing mid-walk, a full disk) is logged
         // and retried next tick; it never stops the agent.
-        match sampler.sample() {
-            Ok(snapshot) => {
-                if let Err(e) = mirror.update(&snapshot.rows) {
-                    log(&format!("{e}"));
-                }
-                *shared.write().expect("snapshot lock is never poisoned") = Arc::new(snapshot);
-            }
+        match round.run() {
+            Ok(snapshot) => *shared.write().expect("snapshot lock is never poisoned") = Arc::new(snapshot),
             Err(e) => log(&format!("{e:#}")),
         }
     }
-    log("stopping; BPF programs and the ledger stay pinned under the pin root");
+    log("stopping; BPF programs, the ledger and the limits stay pinned under the pin root");
     Ok(())
 }
 

@@ -3,8 +3,10 @@
 mod agent;
 mod cgroupfs;
 mod http;
+mod limits;
 mod metrics;
 mod mirror;
+mod set;
 mod snapshot;
 mod status;
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pincg_bpf::btf::KernelBtf;
-use pincg_bpf::ledger::Ledger;
+use pincg_bpf::ledger::{Ledger, Mode};
 use pincg_bpf::loader::{self, HookState};
 use pincg_bpf::paths::{PinPaths, DEFAULT_PIN_ROOT};
 
@@ -46,7 +48,26 @@ enum Command {
         /// How often the ledger is read, in milliseconds.
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
+        /// `monitor` never refuses a pin (it counts what it would refuse);
+        /// `enforce` refuses pins over pins.max. `pincg mode` switches at
+        /// runtime.
+        #[arg(long, default_value = "monitor")]
+        mode: Mode,
     },
+    /// Write a cgroup's pins.max, pins.high or pins.max.action and wait
+    /// until the kernel enforces it.
+    Set {
+        /// The cgroup, as a path below the cgroup v2 root (`/machine.slice/vm-1.scope`).
+        cgroup: String,
+        /// `max`, `high` or `action`.
+        key: set::Key,
+        /// Bytes, a size such as `16G`, or `max`; for `action`: alert, kill or freeze.
+        value: String,
+        #[arg(long, default_value = mirror::DEFAULT_ROOT)]
+        mirror_root: PathBuf,
+    },
+    /// Switch between monitor and enforce mode, keeping every count.
+    Mode { mode: Mode },
     /// Print the cgroup tree with pinned bytes per source.
     Status {
         /// Show every cgroup, not just those with pins.
@@ -76,21 +97,21 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let pins = PinPaths::new(&cli.pin_root);
     let cgroup_root = || {
         cli.cgroup_root
             .clone()
             .or_else(cgroupfs::find_cgroup2)
             .context("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo); pass --cgroup-root")
     };
+    let pins = || -> anyhow::Result<PinPaths> { Ok(PinPaths::new(&cli.pin_root, cgroup_root()?)) };
     match cli.command {
-        Command::Agent { mirror_root, listen, interval_ms } => {
+        Command::Agent { mirror_root, listen, interval_ms, mode } => {
             let opts = agent::Options {
-                pins,
-                cgroup_root: cgroup_root()?,
+                pins: pins()?,
                 mirror_root,
                 listen,
                 interval: Duration::from_millis(interval_ms.max(10)),
+                mode,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -98,7 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(agent::run(opts))
         }
         Command::Status { all, json } => {
-            let sampler = agent::Sampler::new(Ledger::open(&pins)?, cgroup_root()?, Vec::new());
+            let sampler = agent::Sampler::new(Ledger::open(&pins()?)?, cgroup_root()?, Vec::new());
             let snapshot = sampler.sample()?;
             let rows = status::visible(&snapshot, all);
             if json {
@@ -124,6 +145,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Unload => Ok(loader::unload(&pins)?),
+        Command::Set { cgroup, key, value, mirror_root } => {
+            let paths = pins()?;
+            println!("{}", set::run(&paths, &mirror_root, &cgroup, key, &value)?);
+            Ok(())
+        }
+        Command::Mode { mode } => {
+            Ledger::open(&pins()?)?.set_mode(mode)?;
+            println!("mode {mode}: in force now");
+            Ok(())
+        }
+        Command::Unload => Ok(loader::unload(&pins()?)?),
     }
 }

@@ -1,15 +1,26 @@
 //! The mirror tree: one directory per cgroup under the mirror root (by
 //! default `/run/pincg/cgroup`), holding the `pins.*` interface files.
 //!
-//! Files are replaced atomically (write a temporary file, rename) and only
-//! when their content changes, so readers never see a partial value.
+//! Read-only files are replaced atomically (write a temporary file, rename)
+//! and only when their content changes, so readers never see a partial
+//! value. The writable files (`pins.max`, `pins.high`, `pins.max.action`)
+//! are created once with their defaults and then belong to whoever may set
+//! the cgroup's limits: they get the owner of the cgroup's own
+//! `cgroup.controllers`, which is root for a delegation root and the
+//! delegatee for cgroups it created. A delegatee can therefore write the
+//! limits of its sub-cgroups but not of the delegated cgroup itself, and
+//! since every ancestor's `pins.max` binds, never raise its effective limit.
+//!
+//! A directory is removed when the cgroup it mirrored goes away. One an
+//! orchestrator created ahead of its cgroup is left alone until then.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use pincg_cgroup_spec::{render_current, render_stat, InterfaceFile};
+use pincg_cgroup_spec::{render_current, render_events, render_stat, InterfaceFile};
 
 use crate::snapshot::CgroupRow;
 
@@ -26,13 +37,19 @@ pub struct MirrorError {
 /// Writes the mirror tree and remembers what it wrote.
 pub struct Mirror {
     root: PathBuf,
+    cgroup_root: PathBuf,
     written: HashMap<PathBuf, String>,
     dirs: HashSet<String>,
 }
 
 impl Mirror {
-    pub fn new(root: impl Into<PathBuf>) -> Mirror {
-        Mirror { root: root.into(), written: HashMap::new(), dirs: HashSet::new() }
+    pub fn new(root: impl Into<PathBuf>, cgroup_root: impl Into<PathBuf>) -> Mirror {
+        Mirror { root: root.into(), cgroup_root: cgroup_root.into(), written: HashMap::new(), dirs: HashSet::new() }
+    }
+
+    /// The mirror directory of a cgroup (relative path; "" is the root).
+    pub fn dir(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
     }
 
     /// Bring the tree in line with `rows`: write every existing cgroup's
@@ -41,9 +58,13 @@ impl Mirror {
         let mut live = HashSet::new();
         for row in rows {
             let Some(rel) = &row.path else { continue };
-            let dir = self.root.join(rel);
-            self.write(&dir.join(InterfaceFile::Current.name()), render_current(row.current()))?;
-            self.write(&dir.join(InterfaceFile::Stat.name()), render_stat(&row.total))?;
+            let dir = self.dir(rel);
+            if !self.dirs.contains(rel) {
+                self.create_writable(&dir, rel)?;
+            }
+            for file in InterfaceFile::READ_ONLY {
+                self.write(&dir.join(file.name()), render(file, row))?;
+            }
             live.insert(rel.clone());
         }
         let mut gone: Vec<String> = self.dirs.difference(&live).cloned().collect();
@@ -56,31 +77,46 @@ impl Mirror {
         Ok(())
     }
 
+    /// Create the orchestrator-written files that do not exist yet, owned
+    /// by whoever may set this cgroup's limits.
+    fn create_writable(&self, dir: &Path, rel: &str) -> Result<(), MirrorError> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| MirrorError { path, source }
+        };
+        fs::create_dir_all(dir).map_err(err(dir))?;
+        let owner = fs::metadata(self.cgroup_root.join(rel).join("cgroup.controllers")).ok();
+        for (file, default) in InterfaceFile::WRITABLE {
+            let path = dir.join(file.name());
+            if fs::symlink_metadata(&path).is_ok() {
+                continue;
+            }
+            replace_file(&path, default).map_err(err(&path))?;
+            if let Some(meta) = &owner {
+                std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid())).map_err(err(&path))?;
+            }
+        }
+        Ok(())
+    }
+
     fn write(&mut self, path: &Path, content: String) -> Result<(), MirrorError> {
         if self.written.get(path) == Some(&content) {
             return Ok(());
         }
-        let err = |source| MirrorError { path: path.to_path_buf(), source };
-        let dir = path.parent().expect("mirror files live in a directory");
-        fs::create_dir_all(dir).map_err(err)?;
-        let name = path.file_name().expect("mirror files have names").to_string_lossy();
-        let tmp = dir.join(format!(".{name}.tmp"));
-        fs::write(&tmp, &content).map_err(err)?;
-        fs::rename(&tmp, path).map_err(err)?;
+        replace_file(path, &content).map_err(|source| MirrorError { path: path.to_path_buf(), source })?;
         self.written.insert(path.to_path_buf(), content);
         Ok(())
     }
 
-    /// Remove a vanished cgroup's own files and, once empty, its directory.
+    /// Remove a vanished cgroup's files and, once empty, its directory.
     fn remove_dir(&mut self, rel: &str) -> Result<(), MirrorError> {
-        let dir = self.root.join(rel);
-        for file in [InterfaceFile::Current, InterfaceFile::Stat] {
+        let dir = self.dir(rel);
+        let files = InterfaceFile::READ_ONLY.into_iter().chain(InterfaceFile::WRITABLE.map(|(f, _)| f));
+        for file in files {
             let path = dir.join(file.name());
             self.written.remove(&path);
             match fs::remove_file(&path) {
-                Err(e) if e.kind() != ErrorKind::NotFound => {
-                    return Err(MirrorError { path, source: e });
-                }
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(MirrorError { path, source: e }),
                 _ => {}
             }
         }
@@ -93,32 +129,76 @@ impl Mirror {
     }
 }
 
+fn render(file: InterfaceFile, row: &CgroupRow) -> String {
+    match file {
+        InterfaceFile::Current => render_current(row.current()),
+        InterfaceFile::Peak => render_current(row.peak),
+        InterfaceFile::Events => render_events(&row.events),
+        InterfaceFile::EventsLocal => render_events(&row.events_local),
+        InterfaceFile::Stat => render_stat(&row.total),
+        InterfaceFile::Max | InterfaceFile::High | InterfaceFile::MaxAction => {
+            unreachable!("{} is written by orchestrators", file.name())
+        }
+    }
+}
+
+/// Replace `path` atomically with `content` (write beside it, rename).
+pub fn replace_file(path: &Path, content: &str) -> std::io::Result<()> {
+    let dir = path.parent().expect("mirror files live in a directory");
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().expect("mirror files have names").to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, content)?;
+    fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
-    use pincg_cgroup_spec::PerSource;
+    use pincg_cgroup_spec::{Events, PerSource};
 
     use super::*;
 
     fn row(id: u64, path: &str, io_uring: u64) -> CgroupRow {
         let total = PerSource([0, 0, 0, io_uring, 0, 0]);
-        CgroupRow { id, path: Some(path.into()), total, local: total }
+        CgroupRow {
+            id,
+            path: Some(path.into()),
+            total,
+            local: total,
+            peak: io_uring,
+            events: Events { high: 1, max: 2 },
+            events_local: Events::default(),
+            limit: None,
+        }
     }
 
     #[test]
     fn writes_files_and_removes_vanished_cgroups() {
         let root = std::env::temp_dir().join(format!("pincg-mirror-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
-        let mut mirror = Mirror::new(&root);
+        let mut mirror = Mirror::new(&root, "/nonexistent");
         mirror
             .update(&[row(1, "", 67108864), row(2, "a", 67108864), row(3, "a/b", 67108864)])
             .unwrap();
         assert_eq!(fs::read_to_string(root.join("a/b/pins.current")).unwrap(), "67108864\n");
+        assert_eq!(fs::read_to_string(root.join("a/b/pins.peak")).unwrap(), "67108864\n");
+        assert_eq!(fs::read_to_string(root.join("a/b/pins.events")).unwrap(), "high 1\nmax 2\n");
+        assert_eq!(fs::read_to_string(root.join("a/b/pins.events.local")).unwrap(), "high 0\nmax 0\n");
+        assert_eq!(fs::read_to_string(root.join("a/b/pins.max")).unwrap(), "max\n");
+        assert_eq!(fs::read_to_string(root.join("a/b/pins.max.action")).unwrap(), "alert\n");
         assert_eq!(fs::read_to_string(root.join("pins.current")).unwrap(), "67108864\n");
         assert!(fs::read_to_string(root.join("a/pins.stat")).unwrap().contains("io_uring 67108864\n"));
 
+        // An orchestrator's limit survives agent updates.
+        fs::write(root.join("a/pins.max"), "1G\n").unwrap();
+        // A directory made ahead of its cgroup is left alone.
+        fs::create_dir_all(root.join("future")).unwrap();
+        fs::write(root.join("future/pins.max"), "1G\n").unwrap();
         mirror.update(&[row(1, "", 0), row(2, "a", 0)]).unwrap();
         assert!(!root.join("a/b").exists());
         assert_eq!(fs::read_to_string(root.join("a/pins.current")).unwrap(), "0\n");
+        assert_eq!(fs::read_to_string(root.join("a/pins.max")).unwrap(), "1G\n");
+        assert_eq!(fs::read_to_string(root.join("future/pins.max")).unwrap(), "1G\n");
         fs::remove_dir_all(root).unwrap();
     }
 }

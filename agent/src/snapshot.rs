@@ -1,9 +1,11 @@
 //! One consistent view of the ledger joined with the cgroup tree: what the
 //! mirror, the metrics and `pincg status` all render.
 
-use pincg_bpf::ledger::{CgroupUsage, Counters};
+use std::collections::HashMap;
+
+use pincg_bpf::ledger::{CgroupLimit, CgroupUsage, Counters, Mode, SourceActions};
 use pincg_bpf::loader::HookStatus;
-use pincg_cgroup_spec::PerSource;
+use pincg_cgroup_spec::{Events, PerSource, Source};
 use serde::Serialize;
 
 use crate::cgroupfs::CgroupTree;
@@ -18,6 +20,15 @@ pub struct CgroupRow {
     pub total: PerSource,
     /// This cgroup alone.
     pub local: PerSource,
+    /// `pins.peak`.
+    pub peak: u64,
+    /// `pins.events`: this cgroup's limit events and its descendants'.
+    pub events: Events,
+    /// `pins.events.local`.
+    pub events_local: Events,
+    /// The limit in force in BPF, if any.
+    #[serde(skip)]
+    pub limit: Option<CgroupLimit>,
 }
 
 impl CgroupRow {
@@ -42,40 +53,63 @@ pub struct Snapshot {
     pub hooks: Vec<HookStatus>,
     pub counters: Counters,
     pub objects: usize,
+    pub mode: Option<Mode>,
+    pub actions: Vec<(Source, SourceActions)>,
+    /// Limit files refused since the agent started.
+    pub limit_errors: u64,
 }
 
 impl Snapshot {
-    /// Join ledger usage with the tree. Existing cgroups without usage get
-    /// zero rows; removed cgroups appear only while still charged.
-    pub fn build(tree: &CgroupTree, usage: &[CgroupUsage]) -> Vec<CgroupRow> {
-        let mut rows: Vec<CgroupRow> = tree
-            .iter()
-            .map(|(id, path)| CgroupRow {
-                id,
-                path: Some(path.to_string()),
-                total: PerSource::default(),
-                local: PerSource::default(),
-            })
-            .collect();
-        let index: std::collections::HashMap<u64, usize> =
-            rows.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+    /// Join ledger usage and limits with the tree. Existing cgroups without
+    /// usage get zero rows; removed cgroups appear only while still charged.
+    pub fn build(tree: &CgroupTree, usage: &[CgroupUsage], limits: &HashMap<u64, CgroupLimit>) -> Vec<CgroupRow> {
+        let row = |id: u64, path: Option<String>| CgroupRow {
+            id,
+            path,
+            total: PerSource::default(),
+            local: PerSource::default(),
+            peak: 0,
+            events: Events::default(),
+            events_local: Events::default(),
+            limit: limits.get(&id).copied(),
+        };
+        let mut rows: Vec<CgroupRow> = tree.iter().map(|(id, path)| row(id, Some(path.to_string()))).collect();
+        let mut index: HashMap<u64, usize> = rows.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
         for u in usage {
-            match index.get(&u.cgroup) {
-                Some(&i) => {
-                    rows[i].total = u.total;
-                    rows[i].local = u.local;
+            let i = match index.get(&u.cgroup) {
+                Some(&i) => i,
+                None if u.total.total() > 0 => {
+                    rows.push(row(u.cgroup, None));
+                    index.insert(u.cgroup, rows.len() - 1);
+                    rows.len() - 1
                 }
-                None if u.total.total() > 0 => rows.push(CgroupRow {
-                    id: u.cgroup,
-                    path: None,
-                    total: u.total,
-                    local: u.local,
-                }),
-                None => {}
-            }
+                None => continue,
+            };
+            let r = &mut rows[i];
+            (r.total, r.local, r.peak, r.events_local) = (u.total, u.local, u.peak, u.events);
         }
+        propagate_events(&mut rows);
         rows.sort_by(|a, b| (a.path.is_none(), &a.path, a.id).cmp(&(b.path.is_none(), &b.path, b.id)));
         rows
+    }
+}
+
+/// `pins.events` of a cgroup counts the events of its whole subtree.
+fn propagate_events(rows: &mut [CgroupRow]) {
+    let by_path: HashMap<String, usize> =
+        rows.iter().enumerate().filter_map(|(i, r)| r.path.clone().map(|p| (p, i))).collect();
+    let local: Vec<(Option<String>, Events)> = rows.iter().map(|r| (r.path.clone(), r.events_local)).collect();
+    for (path, events) in local {
+        let Some(mut path) = path else { continue };
+        loop {
+            if let Some(&i) = by_path.get(&path) {
+                rows[i].events.add(&events);
+            }
+            if path.is_empty() {
+                break;
+            }
+            path = path.rsplit_once('/').map_or(String::new(), |(parent, _)| parent.to_string());
+        }
     }
 }
 
@@ -86,13 +120,32 @@ mod tests {
     #[test]
     fn removed_cgroups_stay_while_charged() {
         let tree = CgroupTree::default();
+        let charged = PerSource([0, 0, 0, 4096, 0, 0]);
         let usage = [
-            CgroupUsage { cgroup: 7, local: PerSource([0, 0, 0, 4096, 0, 0]), total: PerSource([0, 0, 0, 4096, 0, 0]) },
-            CgroupUsage { cgroup: 8, local: PerSource::default(), total: PerSource::default() },
+            CgroupUsage { cgroup: 7, local: charged, total: charged, peak: 4096, events: Events::default() },
+            CgroupUsage { cgroup: 8, ..CgroupUsage::default() },
         ];
-        let rows = Snapshot::build(&tree, &usage);
+        let rows = Snapshot::build(&tree, &usage, &HashMap::new());
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].label(), "(removed cgroup 7)");
         assert_eq!(rows[0].current(), 4096);
+    }
+
+    #[test]
+    fn events_add_up_the_subtree() {
+        let row = |path: &str, max: u64| CgroupRow {
+            id: 0,
+            path: Some(path.into()),
+            total: PerSource::default(),
+            local: PerSource::default(),
+            peak: 0,
+            events: Events::default(),
+            events_local: Events { high: 0, max },
+            limit: None,
+        };
+        let mut rows = vec![row("", 0), row("vm", 1), row("vm/a", 2), row("other", 4)];
+        propagate_events(&mut rows);
+        let max: Vec<u64> = rows.iter().map(|r| r.events.max).collect();
+        assert_eq!(max, [7, 3, 2, 4]);
     }
 }

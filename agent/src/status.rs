@@ -1,6 +1,6 @@
 //! `pincg status`: the cgroup tree with pinned bytes, in human units.
 
-use pincg_cgroup_spec::{format_human, Source};
+use pincg_cgroup_spec::{format_human, Limit, Source};
 use serde_json::json;
 
 use crate::snapshot::{CgroupRow, Snapshot};
@@ -25,13 +25,17 @@ pub fn render_table(rows: &[&CgroupRow]) -> String {
         None => r.label(),
     };
     let width = rows.iter().map(|r| name(r).len()).max().unwrap_or(6).max(6);
-    let mut out = format!("{:<width$}  {:>10}", "CGROUP", "CURRENT");
+    let mut out = format!("{:<width$}  {:>10}  {:>10}  {:>10}", "CGROUP", "CURRENT", "MAX", "PEAK");
     for s in Source::ALL {
         out.push_str(&format!("  {:>10}", s.key().to_uppercase()));
     }
     out.push('\n');
     for r in rows {
-        out.push_str(&format!("{:<width$}  {:>10}", name(r), format_human(r.current())));
+        let max = match r.limit.map(|l| l.max) {
+            Some(Limit::Bytes(b)) => format_human(b),
+            _ => "max".to_string(),
+        };
+        out.push_str(&format!("{:<width$}  {:>10}  {:>10}  {:>10}", name(r), format_human(r.current()), max, format_human(r.peak)));
         for (_, bytes) in r.total.iter() {
             out.push_str(&format!("  {:>10}", format_human(bytes)));
         }
@@ -46,8 +50,10 @@ pub fn render_json(rows: &[&CgroupRow], snapshot: &Snapshot) -> serde_json::Valu
         .map(|r| {
             let stat: serde_json::Map<_, _> =
                 r.total.iter().map(|(s, b)| (s.key().to_string(), json!(b))).collect();
+            let limit = r.limit.map(|l| json!({"max": l.max.to_string(), "high": l.high.to_string(), "action": l.action}));
             json!({"cgroup": r.label(), "id": r.id, "removed": r.path.is_none(),
-                   "current": r.current(), "stat": stat})
+                   "current": r.current(), "peak": r.peak, "limit": limit,
+                   "events": r.events, "stat": stat})
         })
         .collect();
     json!({"cgroups": cgroups, "objects": snapshot.objects})
@@ -63,7 +69,16 @@ mod tests {
     fn table_indents_the_tree_and_uses_human_units() {
         let row = |path: &str, b: u64| {
             let total = PerSource([0, 0, 0, b, 0, 0]);
-            CgroupRow { id: 1, path: Some(path.into()), total, local: total }
+            CgroupRow {
+                id: 1,
+                path: Some(path.into()),
+                total,
+                local: total,
+                peak: b,
+                events: Default::default(),
+                events_local: Default::default(),
+                limit: None,
+            }
         };
         let rows = [row("", 100663296), row("pincg", 100663296), row("pincg/a", 67108864)];
         let refs: Vec<&CgroupRow> = rows.iter().collect();

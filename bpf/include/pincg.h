@@ -44,6 +44,42 @@ enum pincg_counter {
 	PINCG_NR_COUNTERS = 6,
 };
 
+/* Enforcement mode, slot 0 of the `settings` array map. */
+enum pincg_mode {
+	PINCG_MODE_MONITOR = 0,	/* never refuse; count what would be refused */
+	PINCG_MODE_ENFORCE = 1,
+};
+
+/* What an overrun (a pin no refusal point could stop) does, per cgroup. */
+enum pincg_action {
+	PINCG_ACT_ALERT = 0,	/* count the event only */
+	PINCG_ACT_KILL = 1,	/* SIGKILL the pinning task, from BPF */
+	PINCG_ACT_FREEZE = 2,	/* the agent freezes the cgroup */
+};
+
+#define PINCG_NO_LIMIT (~0ULL)
+
+/* pins.max / pins.high of one cgroup, written by the agent. */
+struct cgroup_limit {
+	__u64 max;		/* bytes, PINCG_NO_LIMIT for none */
+	__u64 high;		/* bytes, PINCG_NO_LIMIT for none */
+	enum pincg_action action;
+	__u32 pad;
+};
+
+struct pincg_config {
+	enum pincg_mode mode;
+	__u32 pad;
+};
+
+/* Refusals and overruns per source, slot = enum pincg_source. */
+struct source_actions {
+	__u64 refused;		/* requests refused before pinning (enforce) */
+	__u64 would_refuse;	/* requests monitor mode let through */
+	__u64 overruns;		/* pins that took a cgroup over pins.max */
+	__u64 killed;		/* pinning tasks killed for an overrun */
+};
+
 /* Ledger key: one long-term pin object of one subsystem. */
 struct pin_key {
 	__u64 object;		/* kernel address of the subsystem's pin object */
@@ -64,10 +100,13 @@ struct pin_object {
 	char comm[16];
 };
 
-/* Usage of one cgroup, per source. */
+/* Usage of one cgroup, per source, and its own limit events. */
 struct cgroup_usage {
 	__u64 local[PINCG_NR_SOURCES];	/* charged to this cgroup itself */
 	__u64 total[PINCG_NR_SOURCES];	/* this cgroup and its descendants */
+	__u64 peak;			/* highest sum of total[] seen */
+	__u64 events_max;		/* requests refused or overruns at this pins.max */
+	__u64 events_high;		/* crossings of this pins.high */
 };
 
 #endif /* PINCG_H */

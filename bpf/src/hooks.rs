@@ -63,24 +63,26 @@ const fn attach_mod(program: &'static str, module: &'static str, function: &'sta
 pub struct Hook {
     /// `<source>:<what>`, as shown by `pincg probe` and the metrics.
     pub name: &'static str,
+    /// The pin source the hook serves.
+    pub source: Source,
     pub variants: &'static [Variant],
 }
 
-/// The hooks of one pin source, all in one BPF object.
+/// Hooks that load together, from one BPF object (one per pin source, and
+/// one for the refusal points).
 #[derive(Debug)]
 pub struct SourceHooks {
-    pub source: Source,
     /// The BPF object (`src/bpf/<object>.bpf.c`).
     pub object: &'static str,
     pub hooks: &'static [Hook],
 }
 
 pub const IO_URING: SourceHooks = SourceHooks {
-    source: Source::IoUring,
     object: "io_uring",
     hooks: &[
         Hook {
             name: "io_uring:register",
+            source: Source::IoUring,
             variants: &[
                 Variant {
                     attach: &[
@@ -94,6 +96,7 @@ pub const IO_URING: SourceHooks = SourceHooks {
         },
         Hook {
             name: "io_uring:release",
+            source: Source::IoUring,
             variants: &[
                 // 6.12 unpins with unpin_user_folio, 6.1 with unpin_user_page.
                 Variant {
@@ -124,11 +127,11 @@ pub const IO_URING: SourceHooks = SourceHooks {
 };
 
 pub const VFIO: SourceHooks = SourceHooks {
-    source: Source::Vfio,
     object: "vfio",
     hooks: &[
         Hook {
             name: "vfio:pin",
+            source: Source::Vfio,
             variants: &[Variant {
                 attach: &[
                     attach_mod("vfio_pin_v61", "vfio_iommu_type1", "vfio_pin_pages_remote", 6),
@@ -140,17 +143,18 @@ pub const VFIO: SourceHooks = SourceHooks {
         },
         Hook {
             name: "vfio:release",
+            source: Source::Vfio,
             variants: &[Variant { attach: &[attach_mod("vfio_remove_v61", "vfio_iommu_type1", "vfio_remove_dma", 2)] }],
         },
     ],
 };
 
 pub const RDMA: SourceHooks = SourceHooks {
-    source: Source::Rdma,
     object: "rdma",
     hooks: &[
         Hook {
             name: "rdma:register",
+            source: Source::Rdma,
             variants: &[
                 Variant { attach: &[attach_mod("rdma_umem_get_v61", "ib_uverbs", "ib_umem_get", 4)] },
                 Variant { attach: &[attach_mod("rdma_umem_get_v72", "ib_core", "__ib_umem_get_va", 4)] },
@@ -158,6 +162,7 @@ pub const RDMA: SourceHooks = SourceHooks {
         },
         Hook {
             name: "rdma:release",
+            source: Source::Rdma,
             variants: &[
                 Variant { attach: &[attach_mod("rdma_umem_release", "ib_uverbs", "ib_umem_release", 1)] },
                 Variant { attach: &[attach_mod("rdma_umem_release", "ib_core", "ib_umem_release", 1)] },
@@ -167,15 +172,16 @@ pub const RDMA: SourceHooks = SourceHooks {
 };
 
 pub const XDP: SourceHooks = SourceHooks {
-    source: Source::Xdp,
     object: "xdp",
     hooks: &[
         Hook {
             name: "xdp:register",
+            source: Source::Xdp,
             variants: &[Variant { attach: &[attach("xdp_umem_create_v61", "xdp_umem_create", 1)] }],
         },
         Hook {
             name: "xdp:release",
+            source: Source::Xdp,
             variants: &[Variant {
                 attach: &[
                     attach("xdp_put_umem_v61", "xdp_put_umem", 2),
@@ -188,8 +194,32 @@ pub const XDP: SourceHooks = SourceHooks {
     ],
 };
 
-/// Every source pincg can load, in load order.
-pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &RDMA, &XDP];
+/// The refusal points of the budget (`src/bpf/enforce.bpf.c`): one LSM
+/// program serves VFIO and RDMA ioctls, a cgroup program AF_XDP.
+pub const ENFORCE: SourceHooks = SourceHooks {
+    object: "enforce",
+    hooks: &[
+        Hook {
+            name: "vfio:refuse",
+            source: Source::Vfio,
+            variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
+        },
+        Hook {
+            name: "rdma:refuse",
+            source: Source::Rdma,
+            variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
+        },
+        Hook {
+            name: "xdp:refuse",
+            source: Source::Xdp,
+            // A cgroup program has no kernel function; it needs AF_XDP.
+            variants: &[Variant { attach: &[attach("enforce_setsockopt", "xdp_umem_create", 1)] }],
+        },
+    ],
+};
+
+/// Every object pincg can load, in load order.
+pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &RDMA, &XDP, &ENFORCE];
 
 /// What the kernel offers: parameter counts of its functions.
 pub trait FunctionCatalog {

@@ -1,10 +1,11 @@
 //! Reads the pinned ledger maps: what every cgroup has pinned, per source,
 //! and every live pin object.
 
+use std::collections::HashMap;
 use std::mem::size_of;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
-use pincg_cgroup_spec::{PerSource, Source};
+use pincg_cgroup_spec::{Action, Events, Limit, PerSource, Source};
 
 use crate::paths::PinPaths;
 use crate::skel::io_uring::types;
@@ -19,6 +20,56 @@ pub struct CgroupUsage {
     pub local: PerSource,
     /// Charged to this cgroup and its descendants.
     pub total: PerSource,
+    /// The highest `total` sum seen (`pins.peak`).
+    pub peak: u64,
+    /// Events at this cgroup's own limits (`pins.events.local`).
+    pub events: Events,
+}
+
+/// One cgroup's limits as the BPF programs enforce them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLimit {
+    pub max: Limit,
+    pub high: Limit,
+    pub action: Action,
+}
+
+/// Enforcement mode (`enum pincg_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Never refuse; count what would have been refused.
+    Monitor,
+    Enforce,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "monitor" => Ok(Mode::Monitor),
+            "enforce" => Ok(Mode::Enforce),
+            other => Err(format!("{other:?} is not a mode (monitor or enforce)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        })
+    }
+}
+
+/// Refusals and overruns of one source (`struct source_actions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceActions {
+    pub refused: u64,
+    pub would_refuse: u64,
+    pub overruns: u64,
+    pub killed: u64,
 }
 
 /// One live long-term pin object.
@@ -46,11 +97,14 @@ pub struct Counters {
     pub releases: u64,
 }
 
-/// Handles on the pinned ledger maps.
+/// Handles on the pinned ledger, limit and settings maps.
 pub struct Ledger {
     objects: MapHandle,
     usage: MapHandle,
     counters: MapHandle,
+    limits: MapHandle,
+    settings: MapHandle,
+    actions: MapHandle,
 }
 
 impl Ledger {
@@ -63,7 +117,14 @@ impl Ledger {
             }
             MapHandle::from_pinned_path(&path).map_err(|source| Error::Pinned { path, source })
         };
-        Ok(Ledger { objects: open("objects")?, usage: open("usage")?, counters: open("counters")? })
+        Ok(Ledger {
+            objects: open("objects")?,
+            usage: open("usage")?,
+            counters: open("counters")?,
+            limits: open("limits")?,
+            settings: open("settings")?,
+            actions: open("actions")?,
+        })
     }
 
     /// Usage of every cgroup that has an entry.
@@ -76,6 +137,8 @@ impl Ledger {
                 cgroup: decode::<u64>("usage", &key)?,
                 local: PerSource(raw.local),
                 total: PerSource(raw.total),
+                peak: raw.peak,
+                events: Events { high: raw.events_high, max: raw.events_max },
             });
         }
         Ok(out)
@@ -121,6 +184,89 @@ impl Ledger {
         })
     }
 
+    /// Put `limit` in force for `cgroup`; a limit of `max`/`max` with the
+    /// default action removes the entry (no limit costs nothing).
+    pub fn set_limit(&self, cgroup: u64, limit: &CgroupLimit) -> Result<(), Error> {
+        let key = cgroup.to_ne_bytes();
+        if limit.max == Limit::Max && limit.high == Limit::Max {
+            return match self.limits.delete(&key) {
+                Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
+                    Err(Error::Pinned { path: "limits".into(), source: e })
+                }
+                _ => Ok(()),
+            };
+        }
+        let bytes = |l: Limit| match l {
+            Limit::Bytes(b) => b,
+            Limit::Max => u64::MAX,
+        };
+        let value = types::cgroup_limit {
+            max: bytes(limit.max),
+            high: bytes(limit.high),
+            action: types::pincg_action(limit.action as u32),
+            pad: 0,
+        };
+        self.limits
+            .update(&key, as_bytes(&value), MapFlags::ANY)
+            .map_err(|source| Error::Pinned { path: "limits".into(), source })
+    }
+
+    /// Every limit in force, by cgroup id.
+    pub fn limits(&self) -> Result<HashMap<u64, CgroupLimit>, Error> {
+        let mut out = HashMap::new();
+        for key in self.limits.keys() {
+            let Some(value) = self.lookup(&self.limits, "limits", &key)? else { continue };
+            let raw: types::cgroup_limit = decode("limits", &value)?;
+            let limit = |b: u64| if b == u64::MAX { Limit::Max } else { Limit::Bytes(b) };
+            let action = match raw.action.0 {
+                1 => Action::Kill,
+                2 => Action::Freeze,
+                _ => Action::Alert,
+            };
+            out.insert(decode::<u64>("limits", &key)?, CgroupLimit { max: limit(raw.max), high: limit(raw.high), action });
+        }
+        Ok(out)
+    }
+
+    pub fn mode(&self) -> Result<Mode, Error> {
+        let value = self.lookup(&self.settings, "settings", &0u32.to_ne_bytes())?;
+        let raw: types::pincg_config = value.map(|v| decode("settings", &v)).transpose()?.unwrap_or_default();
+        Ok(if raw.mode == types::pincg_mode::PINCG_MODE_ENFORCE { Mode::Enforce } else { Mode::Monitor })
+    }
+
+    /// Switch mode at once; the ledger and limits are untouched.
+    pub fn set_mode(&self, mode: Mode) -> Result<(), Error> {
+        let value = types::pincg_config {
+            mode: match mode {
+                Mode::Monitor => types::pincg_mode::PINCG_MODE_MONITOR,
+                Mode::Enforce => types::pincg_mode::PINCG_MODE_ENFORCE,
+            },
+            pad: 0,
+        };
+        self.settings
+            .update(&0u32.to_ne_bytes(), as_bytes(&value), MapFlags::ANY)
+            .map_err(|source| Error::Pinned { path: "settings".into(), source })
+    }
+
+    /// Refusals and overruns, per source.
+    pub fn actions(&self) -> Result<Vec<(Source, SourceActions)>, Error> {
+        Source::ALL
+            .iter()
+            .map(|s| {
+                let raw: types::source_actions = match self.lookup(&self.actions, "actions", &(*s as u32).to_ne_bytes())? {
+                    Some(v) => decode("actions", &v)?,
+                    None => types::source_actions::default(),
+                };
+                Ok((*s, SourceActions {
+                    refused: raw.refused,
+                    would_refuse: raw.would_refuse,
+                    overruns: raw.overruns,
+                    killed: raw.killed,
+                }))
+            })
+            .collect()
+    }
+
     /// Drop the usage entry of a cgroup that no longer exists and has
     /// nothing charged. (No task can charge a removed cgroup, and with no
     /// objects left nothing can release to it, so this cannot race.)
@@ -136,6 +282,13 @@ impl Ledger {
         map.lookup(key, MapFlags::ANY)
             .map_err(|source| Error::Pinned { path: name.into(), source })
     }
+}
+
+/// The bytes of a plain-old-data value, to write into a map.
+fn as_bytes<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: T is a C struct of integers generated from BTF; every byte is
+    // initialised (explicit padding fields).
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
 /// Read a plain-old-data value of `T` from a map's bytes.

@@ -101,7 +101,8 @@ pub fn refresh(paths: &PinPaths, current: &[HookStatus]) -> Result<Option<Vec<Ho
     let mut changed = false;
     let mut statuses = Vec::new();
     for source in hooks::ALL_SOURCES {
-        let before: Vec<&HookStatus> = current.iter().filter(|h| h.source == source.source).collect();
+        let before: Vec<&HookStatus> =
+            current.iter().filter(|h| source.hooks.iter().any(|sh| sh.name == h.hook)).collect();
         let stale = before.iter().any(|h| h.is_live()) && !links_current(source, &kernel, paths);
         let waiting = before.iter().any(|h| matches!(h.state, HookState::WaitingForModule(m) if kernel.module_loaded(m)));
         if stale || waiting {
@@ -155,12 +156,14 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
     // A partial or stale set of links (an agent died while attaching, or a
     // module was reloaded): start over.
     remove_links(source, paths)?;
-    match source.source {
-        Source::IoUring => load_object(skel::io_uring::IoUringSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
-        Source::Vfio => load_object(skel::vfio::VfioSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
-        Source::Rdma => load_object(skel::rdma::RdmaSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
-        Source::Xdp => load_object(skel::xdp::XdpSkelBuilder::default(), &mut MaybeUninit::uninit(), source, &chosen, paths),
-        other => unreachable!("no BPF object is registered for source {}", other.key()),
+    let storage = &mut MaybeUninit::uninit();
+    match source.object {
+        "io_uring" => load_object(skel::io_uring::IoUringSkelBuilder::default(), storage, source, &chosen, paths),
+        "vfio" => load_object(skel::vfio::VfioSkelBuilder::default(), storage, source, &chosen, paths),
+        "rdma" => load_object(skel::rdma::RdmaSkelBuilder::default(), storage, source, &chosen, paths),
+        "xdp" => load_object(skel::xdp::XdpSkelBuilder::default(), storage, source, &chosen, paths),
+        "enforce" => load_object(skel::enforce::EnforceSkelBuilder::default(), storage, source, &chosen, paths),
+        other => unreachable!("no skeleton is built for BPF object {other}"),
     }
 }
 
@@ -221,12 +224,19 @@ fn attach_and_pin(
     paths: &PinPaths,
 ) -> Result<Vec<HookStatus>, Error> {
     let mut links: Vec<(String, Link)> = Vec::new();
-    for target in chosen.iter().flat_map(|v| v.attach.iter()) {
+    let mut targets: Vec<&hooks::Attach> = chosen.iter().flat_map(|v| v.attach.iter()).collect();
+    targets.dedup_by_key(|a| a.program);
+    for target in targets {
         let prog = object
             .progs_mut()
             .find(|p| p.name() == target.program)
             .expect("chosen variants come from this object's programs");
-        match prog.attach() {
+        let attached = if prog.section().to_string_lossy().starts_with("cgroup/") {
+            attach_to_root_cgroup(&prog, paths)
+        } else {
+            prog.attach()
+        };
+        match attached {
             Ok(link) => links.push((link_name(target.program, target.module), link)),
             Err(e) => {
                 let reason = format!("attaching {} to {}: {e}", target.program, target.function);
@@ -239,6 +249,14 @@ fn attach_and_pin(
         link.pin(&path).map_err(|source| Error::Pinned { path, source })?;
     }
     Ok(statuses(source, chosen, HookState::Attached))
+}
+
+/// Cgroup programs attach to the root of the cgroup v2 hierarchy, so they
+/// see every task on the node.
+fn attach_to_root_cgroup(prog: &libbpf_rs::ProgramMut<'_>, paths: &PinPaths) -> libbpf_rs::Result<Link> {
+    let root = fs::File::open(paths.cgroup_root())
+        .map_err(|e| libbpf_rs::Error::from(std::io::Error::new(e.kind(), format!("{}: {e}", paths.cgroup_root().display()))))?;
+    prog.attach_cgroup(std::os::fd::AsRawFd::as_raw_fd(&root))
 }
 
 /// `<program>`, or `<program>@<instance>` for a program in a module, where
@@ -313,24 +331,12 @@ fn remove_pin(path: &Path) -> Result<(), Error> {
     }
 }
 
-fn hook_of(source: &SourceHooks, variant: &Variant) -> &'static str {
+fn statuses(source: &SourceHooks, chosen: &[&'static Variant], state: HookState) -> Vec<HookStatus> {
     source
         .hooks
         .iter()
-        .find(|h| h.variants.contains(variant))
-        .map(|h| h.name)
-        .expect("a variant belongs to one hook")
-}
-
-fn statuses(source: &SourceHooks, chosen: &[&'static Variant], state: HookState) -> Vec<HookStatus> {
-    chosen
-        .iter()
-        .map(|v| HookStatus {
-            hook: hook_of(source, v),
-            source: source.source,
-            program: Some(v.primary()),
-            state: state.clone(),
-        })
+        .zip(chosen)
+        .map(|(hook, v)| HookStatus { hook: hook.name, source: hook.source, program: Some(v.primary()), state: state.clone() })
         .collect()
 }
 
@@ -338,7 +344,7 @@ fn same_state(source: &SourceHooks, state: HookState) -> Vec<HookStatus> {
     source
         .hooks
         .iter()
-        .map(|h| HookStatus { hook: h.name, source: source.source, program: None, state: state.clone() })
+        .map(|h| HookStatus { hook: h.name, source: h.source, program: None, state: state.clone() })
         .collect()
 }
 

@@ -5,22 +5,29 @@ use std::path::{Path, PathBuf};
 /// The default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/pincg";
 
-/// The maps shared by every pincg BPF object (the ledger).
-pub const SHARED_MAPS: [&str; 3] = ["objects", "usage", "counters"];
+/// The maps shared by every pincg BPF object: the ledger, the limits and
+/// the enforcement settings.
+pub const SHARED_MAPS: [&str; 6] = ["objects", "usage", "counters", "limits", "settings", "actions"];
 
-/// Pin locations under one root: `maps/<map>` and `links/<program>`.
+/// Pin locations under one root (`maps/<map>`, `links/<program>`), and the
+/// cgroup v2 root that cgroup programs attach to.
 #[derive(Debug, Clone)]
 pub struct PinPaths {
     root: PathBuf,
+    cgroup_root: PathBuf,
 }
 
 impl PinPaths {
-    pub fn new(root: impl Into<PathBuf>) -> PinPaths {
-        PinPaths { root: root.into() }
+    pub fn new(root: impl Into<PathBuf>, cgroup_root: impl Into<PathBuf>) -> PinPaths {
+        PinPaths { root: root.into(), cgroup_root: cgroup_root.into() }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
     }
 
     pub fn maps_dir(&self) -> PathBuf {
@@ -40,8 +47,3 @@ impl PinPaths {
     }
 }
 
-impl Default for PinPaths {
-    fn default() -> PinPaths {
-        PinPaths::new(DEFAULT_PIN_ROOT)
-    }
-}

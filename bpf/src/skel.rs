@@ -17,3 +17,7 @@ pub mod rdma {
 pub mod xdp {
     include!(concat!(env!("OUT_DIR"), "/xdp.skel.rs"));
 }
+
+pub mod enforce {
+    include!(concat!(env!("OUT_DIR"), "/enforce.skel.rs"));
+}

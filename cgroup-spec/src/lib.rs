@@ -3,10 +3,12 @@
 //! This crate is pure logic: it knows the file names, the pin sources and the
 //! exact text formats (parse and render), and nothing about BPF or the agent.
 
+mod action;
 mod bytes;
 mod files;
 mod source;
 
+pub use action::{parse_action, Action, ActionError};
 pub use bytes::{format_human, parse_limit, Limit, LimitError};
-pub use files::{render_current, render_stat, InterfaceFile};
+pub use files::{render_current, render_events, render_stat, Events, InterfaceFile};
 pub use source::{PerSource, Source};

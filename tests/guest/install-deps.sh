@@ -5,9 +5,19 @@
 # Idempotent and fast on reruns: if dpkg-query reports every package as
 # installed, apt-get is not run at all (no network, no lock).
 #
-# Usage: tests/guest/install-deps.sh
+# Usage: tests/guest/install-deps.sh [--kernel-build]
+#   --kernel-build  also the packages build-kernel.sh needs to compile a guest
+#                   kernel from Debian's linux-source package (compiler,
+#                   bison/flex, libelf/libssl headers, pahole for BTF, ...)
 # Env:   PINCG_EXTRA_DEPS  optional extra package names (space separated)
 set -euo pipefail
+
+KBUILD=0
+case "${1:-}" in
+  "") ;;
+  --kernel-build) KBUILD=1 ;;
+  *) echo "install-deps.sh: usage: install-deps.sh [--kernel-build]" >&2; exit 2 ;;
+esac
 
 PKGS=(
   # guest harness (seabios: the BIOS image; ipxe-qemu: the virtio-net option
@@ -21,6 +31,13 @@ PKGS=(
   # metrics scraping in integration tests
   prometheus
 )
+# Only for build-kernel.sh (tests/guest/build-kernel.sh): building a kernel
+# with BTF (dwarves = pahole) from the linux-source-* package (a .tar.xz).
+KBUILD_PKGS=(
+  build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils cpio
+  kmod perl
+)
+((KBUILD)) && PKGS+=("${KBUILD_PKGS[@]}")
 # shellcheck disable=SC2206
 PKGS+=(${PINCG_EXTRA_DEPS:-})
 

@@ -71,6 +71,15 @@ impl Cgroup {
         Path::new(MIRROR_ROOT).join(&self.rel).join(name)
     }
 
+    /// Wait until mirror file `name` of this cgroup reads exactly `content`.
+    pub fn expect_file(&self, name: &str, content: &str) -> Result<()> {
+        let file = self.mirror(name);
+        wait_for(&format!("{} = {content:?}", file.display()), || {
+            let text = fs::read_to_string(&file).unwrap_or_else(|e| format!("<{e}>"));
+            (text == content, format!("{text:?}"))
+        })
+    }
+
     /// Wait until this cgroup's `pins.current` reads exactly `bytes`.
     pub fn expect_current(&self, bytes: u64) -> Result<()> {
         let file = self.mirror("pins.current");
@@ -150,10 +159,16 @@ pub struct Agent {
 impl Agent {
     /// Start `pincg agent` and wait until its metrics endpoint answers.
     pub fn start() -> Result<Agent> {
+        Agent::start_with(&[])
+    }
+
+    /// The same, with extra `pincg agent` flags.
+    pub fn start_with(flags: &[&str]) -> Result<Agent> {
         let log = PathBuf::from("/tmp/pincg-agent.log");
         let file = fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = Command::new(sibling_binary("pincg")?)
             .args(["agent", "--listen", METRICS_ADDR, "--mirror-root", MIRROR_ROOT])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -243,6 +258,24 @@ impl Workload {
         }
     }
 
+    /// The workload must die of SIGKILL (the kill action) without having
+    /// answered `command`.
+    pub fn expect_killed(mut self, command: &str) -> Result<()> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply)?;
+        let status = self.child.wait()?;
+        ensure!(
+            std::os::unix::process::ExitStatusExt::signal(&status) == Some(9),
+            "workload {}: `{command}` should get it killed, but it answered {:?} and ended with {status}",
+            self.name,
+            reply.trim()
+        );
+        println!("   {}: {command} -> killed by SIGKILL", self.name);
+        Ok(())
+    }
+
     /// Tell the workload to exit without releasing anything; wait for it.
     pub fn exit(mut self) -> Result<()> {
         writeln!(self.stdin, "exit")?;
@@ -279,6 +312,16 @@ pub fn expect_hook(hook: &str, attached: u8) -> Result<()> {
         let metrics = http_get("/metrics").unwrap_or_default();
         let line = metrics.lines().find(|l| l.starts_with(&line_start)).unwrap_or("<no such hook>");
         (line.ends_with(&format!(" {attached}")), line.to_string())
+    })
+}
+
+/// Wait until the metrics have exactly the line `line`.
+pub fn expect_metric(line: &str) -> Result<()> {
+    wait_for(&format!("metric {line}"), || {
+        let metrics = http_get("/metrics").unwrap_or_default();
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let seen: Vec<&str> = metrics.lines().filter(|l| l.starts_with(name)).collect();
+        (metrics.lines().any(|l| l == line), format!("{seen:?}"))
     })
 }
 

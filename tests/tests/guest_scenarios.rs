@@ -51,3 +51,8 @@ fn owner_not_current_after_fd_handover() {
 fn rdma_soft_roce_end_to_end() {
     scenario("rdma", Guest { rdma_net: true, ..Guest::default() });
 }
+
+#[test]
+fn budget_refused_at_exactly_the_byte() {
+    scenario("budget", Guest { vfio: true, rdma_net: true, ..Guest::default() });
+}

@@ -42,6 +42,28 @@ struct {
 /* Puts the shared enums in the object's BTF, so the Rust side gets them. */
 const volatile enum pincg_counter pincg_nr_counters = PINCG_NR_COUNTERS;
 
+/* pins.max / pins.high per cgroup id; absent means no limit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PINCG_MAX_CGROUPS);
+	__type(key, __u64);
+	__type(value, struct cgroup_limit);
+} limits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pincg_config);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PINCG_NR_SOURCES);
+	__type(key, __u32);	/* enum pincg_source */
+	__type(value, struct source_actions);
+} actions SEC(".maps");
+
 /* Scratch space for building a pin_object (too big for the BPF stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -74,6 +96,41 @@ static __always_inline struct cgroup_usage *usage_of(__u64 cgroup)
 	return u;
 }
 
+static __always_inline __u64 usage_sum(const struct cgroup_usage *u)
+{
+	__u64 sum = 0;
+
+	for (int s = 0; s < PINCG_NR_SOURCES; s++)
+		sum += u->total[s];
+	return sum;
+}
+
+static __always_inline bool enforcing(void)
+{
+	__u32 zero = 0;
+	struct pincg_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+
+	return cfg && cfg->mode == PINCG_MODE_ENFORCE;
+}
+
+static __always_inline struct source_actions *actions_of(__u32 source)
+{
+	__u32 slot = source;
+
+	return bpf_map_lookup_elem(&actions, &slot);
+}
+
+/* A charge raised `cgroup`'s usage to `after`: peak, pins.high crossing. */
+static __always_inline void raised(__u64 cgroup, struct cgroup_usage *u, __u64 after, __s64 delta)
+{
+	struct cgroup_limit *lim = bpf_map_lookup_elem(&limits, &cgroup);
+
+	if (after > u->peak)
+		u->peak = after;	/* racy by design: peak is a watermark */
+	if (lim && after - delta <= lim->high && after > lim->high)
+		__sync_fetch_and_add(&u->events_high, 1);
+}
+
 /* Add `delta` bytes (negative: remove) along the object's ancestry. */
 static __always_inline void apply(const struct pin_object *obj, __u32 source, __s64 delta)
 {
@@ -89,10 +146,84 @@ static __always_inline void apply(const struct pin_object *obj, __u32 source, __
 		if (!u)
 			continue;
 		__sync_fetch_and_add(&u->total[src], delta);
+		if (delta > 0)
+			raised(obj->ancestors[i], u, usage_sum(u), delta);
 	}
 	u = usage_of(obj->cgroup);
 	if (u)
 		__sync_fetch_and_add(&u->local[src], delta);
+}
+
+/*
+ * After a charge: every ancestor now over its pins.max counts an event, and
+ * in enforce mode the strictest action applies (kill: SIGKILL to the
+ * pinning task, which is current in every charge hook). Freeze is applied
+ * by the agent, which sees the overrun in the ledger.
+ */
+static __always_inline void check_overrun(const struct pin_object *obj, __u32 source)
+{
+	struct source_actions *acts = actions_of(source);
+	bool kill = false, over = false;
+
+	for (int i = 0; i < PINCG_MAX_DEPTH; i++) {
+		struct cgroup_usage *u;
+		struct cgroup_limit *lim;
+		__u64 id;
+
+		if (i >= obj->depth)
+			break;
+		id = obj->ancestors[i];
+		lim = bpf_map_lookup_elem(&limits, &id);
+		u = bpf_map_lookup_elem(&usage, &id);
+		if (!lim || !u || usage_sum(u) <= lim->max)
+			continue;
+		__sync_fetch_and_add(&u->events_max, 1);
+		over = true;
+		kill |= lim->action == PINCG_ACT_KILL;
+	}
+	if (!over || !acts)
+		return;
+	__sync_fetch_and_add(&acts->overruns, 1);
+	if (kill && enforcing() && obj->tgid == bpf_get_current_pid_tgid() >> 32) {
+		bpf_send_signal(9 /* SIGKILL */);
+		__sync_fetch_and_add(&acts->killed, 1);
+	}
+}
+
+/*
+ * At a refusal point, before anything is pinned: would `bytes` more take
+ * the current task's cgroup or an ancestor over its pins.max? Counts the
+ * event at each such cgroup; returns -ENOMEM to refuse (enforce mode) or 0.
+ */
+static __always_inline int admit(__u64 bytes, __u32 source)
+{
+	struct source_actions *acts = actions_of(source);
+	bool over = false;
+
+	for (int level = 0; level < PINCG_MAX_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		struct cgroup_limit *lim;
+		struct cgroup_usage *u;
+
+		if (!id)
+			break;
+		lim = bpf_map_lookup_elem(&limits, &id);
+		if (!lim)
+			continue;
+		u = usage_of(id);
+		if (!u || usage_sum(u) + bytes <= lim->max)
+			continue;
+		__sync_fetch_and_add(&u->events_max, 1);
+		over = true;
+	}
+	if (!over || !acts)
+		return 0;
+	if (!enforcing()) {
+		__sync_fetch_and_add(&acts->would_refuse, 1);
+		return 0;
+	}
+	__sync_fetch_and_add(&acts->refused, 1);
+	return -12; /* -ENOMEM */
 }
 
 /*
@@ -193,6 +324,7 @@ static __always_inline void record(struct pin_key *key, __u32 source, struct tas
 		return;
 	}
 	apply(obj, source, bytes);
+	check_overrun(obj, source);
 	count(PINCG_CNT_CHARGES);
 }
 
@@ -237,6 +369,8 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
 		return;
 	apply(obj, source, delta);
 	__sync_fetch_and_add(&obj->bytes, delta);
+	if (delta > 0)
+		check_overrun(obj, source);
 }
 
 /*

@@ -1,5 +1,6 @@
 //! The guest scenarios, one module each; `pincg-scenario <name>` runs one.
 
+pub mod budget;
 pub mod demo;
 pub mod io_uring;
 pub mod owner;
@@ -17,4 +18,5 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("vfio", vfio::run),
     ("owner-not-current", owner::run),
     ("rdma", rdma::run),
+    ("budget", budget::run),
 ];

@@ -1,0 +1,205 @@
+//! Limits written by orchestrators into the mirror tree (`pins.max`,
+//! `pins.high`, `pins.max.action`), checked and put in force in BPF.
+//!
+//! Bad input never stops the agent and never loses a limit: a file that is
+//! garbage, negative, too large for 64 bits, a symlink, a directory or
+//! larger than a page leaves the previous value in force, and is reported
+//! once (log line and `pincg_limit_errors_total`) until its content changes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use pincg_bpf::ledger::{CgroupLimit, Ledger};
+use pincg_cgroup_spec::{parse_action, parse_limit, Action, InterfaceFile, Limit};
+
+use crate::agent::log;
+
+/// Largest limit file read; anything longer is refused.
+const MAX_FILE: u64 = 4096;
+
+/// Why a limit file was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}; the previous value stays in force")]
+pub struct LimitFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// The limits last put in force, and the errors already reported.
+#[derive(Default)]
+pub struct Limits {
+    in_force: HashMap<u64, CgroupLimit>,
+    reported: HashMap<PathBuf, String>,
+    /// Bad files seen since start, for the metrics.
+    pub errors: u64,
+}
+
+impl Limits {
+    /// Read the limit files of `cgroup` (mirror directory `dir`) and put
+    /// what changed in force.
+    pub fn sync(&mut self, ledger: &Ledger, cgroup: u64, dir: &Path) {
+        let previous = self.in_force.get(&cgroup).copied().unwrap_or(NO_LIMIT);
+        let max = self.read(dir, InterfaceFile::Max, parse_limit, previous.max);
+        let high = self.read(dir, InterfaceFile::High, parse_limit, previous.high);
+        let action = self.read(dir, InterfaceFile::MaxAction, parse_action, previous.action);
+        let wanted = CgroupLimit { max, high, action };
+        if self.in_force.get(&cgroup).copied().unwrap_or(NO_LIMIT) == wanted {
+            return;
+        }
+        match ledger.set_limit(cgroup, &wanted) {
+            Ok(()) => {
+                log(&format!("{}: max {max}, high {high}, action {action} in force", dir.display()));
+                self.in_force.insert(cgroup, wanted);
+            }
+            Err(e) => log(&format!("{}: limit not put in force: {e}", dir.display())),
+        }
+    }
+
+    /// Forget a removed cgroup's limit (its BPF entry goes with it).
+    pub fn forget(&mut self, ledger: &Ledger, cgroup: u64) {
+        if self.in_force.remove(&cgroup).is_some() {
+            if let Err(e) = ledger.set_limit(cgroup, &NO_LIMIT) {
+                log(&format!("removing the limit of removed cgroup {cgroup}: {e}"));
+            }
+        }
+    }
+
+    pub fn cgroups(&self) -> impl Iterator<Item = u64> + '_ {
+        self.in_force.keys().copied()
+    }
+
+    /// Parse one file; on any problem report it once and keep `previous`.
+    /// A value that parses but is not in canonical form is rewritten in it.
+    fn read<T: PartialEq + std::fmt::Display + Copy, E: std::fmt::Display>(
+        &mut self,
+        dir: &Path,
+        file: InterfaceFile,
+        parse: impl Fn(&str) -> Result<T, E>,
+        previous: T,
+    ) -> T {
+        let path = dir.join(file.name());
+        let result = read_small(&path).and_then(|text| match parse(&text) {
+            Ok(value) => Ok((value, text)),
+            Err(e) => Err(e.to_string()),
+        });
+        match result {
+            Ok((value, text)) => {
+                self.reported.remove(&path);
+                let canonical = format!("{value}\n");
+                if text != canonical {
+                    // Rendered back as the kernel would; a failed rewrite is harmless.
+                    let _ = crate::mirror::replace_file(&path, &canonical);
+                }
+                value
+            }
+            Err(reason) if reason == "missing" => previous,
+            Err(reason) => {
+                if self.reported.get(&path) != Some(&reason) {
+                    self.errors += 1;
+                    log(&LimitFileError { path: path.clone(), reason: reason.clone() }.to_string());
+                    self.reported.insert(path, reason);
+                }
+                previous
+            }
+        }
+    }
+}
+
+const NO_LIMIT: CgroupLimit = CgroupLimit { max: Limit::Max, high: Limit::Max, action: Action::Alert };
+
+/// Read a limit file: a regular file (not followed through a symlink) of at
+/// most [`MAX_FILE`] bytes of UTF-8. `Err("missing")` if it does not exist.
+fn read_small(path: &Path) -> Result<String, String> {
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err("is a symlink, not a file".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        return Err("is a directory, not a file".into());
+    }
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!("is {} bytes; a limit file holds at most {MAX_FILE}", meta.len()));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE).read_to_string(&mut text).map_err(|e| format!("is not UTF-8 text ({e})"))?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pincg-limits-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn read_max(limits: &mut Limits, d: &Path, previous: Limit) -> Limit {
+        limits.read(d, InterfaceFile::Max, parse_limit, previous)
+    }
+
+    #[test]
+    fn good_values_are_taken_and_rendered_canonically() {
+        let d = dir("good");
+        let mut limits = Limits::default();
+        fs::write(d.join("pins.max"), "16G").unwrap();
+        assert_eq!(read_max(&mut limits, &d, Limit::Max), Limit::Bytes(16 << 30));
+        assert_eq!(fs::read_to_string(d.join("pins.max")).unwrap(), "17179869184\n");
+        fs::write(d.join("pins.max"), "max\n").unwrap();
+        assert_eq!(read_max(&mut limits, &d, Limit::Bytes(1)), Limit::Max);
+        assert_eq!(limits.errors, 0);
+    }
+
+    #[test]
+    fn every_kind_of_bad_input_keeps_the_previous_limit_and_is_reported_once() {
+        let d = dir("bad");
+        let previous = Limit::Bytes(80 << 20);
+        let file = d.join("pins.max");
+        let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+            ("garbage", Box::new(|| fs::write(d.join("pins.max"), "lots of memory").unwrap())),
+            ("negative", Box::new(|| fs::write(d.join("pins.max"), "-1").unwrap())),
+            ("overflow", Box::new(|| fs::write(d.join("pins.max"), "18446744073709551616").unwrap())),
+            ("unit typo", Box::new(|| fs::write(d.join("pins.max"), "16GG").unwrap())),
+            ("huge file", Box::new(|| fs::write(d.join("pins.max"), "1".repeat(1 << 20)).unwrap())),
+            ("not utf-8", Box::new(|| fs::write(d.join("pins.max"), [0xff, 0xfe]).unwrap())),
+            (
+                "symlink",
+                Box::new(|| {
+                    fs::write(d.join("elsewhere"), "1G").unwrap();
+                    std::os::unix::fs::symlink(d.join("elsewhere"), d.join("pins.max")).unwrap();
+                }),
+            ),
+            ("directory", Box::new(|| fs::create_dir(d.join("pins.max")).unwrap())),
+        ];
+        let mut limits = Limits::default();
+        for (i, (name, make)) in cases.iter().enumerate() {
+            let _ = fs::remove_file(&file);
+            let _ = fs::remove_dir(&file);
+            make();
+            assert_eq!(read_max(&mut limits, &d, previous), previous, "{name}");
+            assert_eq!(read_max(&mut limits, &d, previous), previous, "{name} again");
+            assert_eq!(limits.errors, i as u64 + 1, "{name} is reported exactly once");
+        }
+        let reasons: Vec<&String> = limits.reported.values().collect();
+        assert_eq!(reasons.len(), 1, "one file, its latest problem");
+        assert!(reasons[0].contains("directory"));
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let e = LimitFileError { path: "/run/pincg/cgroup/vm/pins.max".into(), reason: "bad".into() };
+        assert_eq!(e.to_string(), "/run/pincg/cgroup/vm/pins.max: bad; the previous value stays in force");
+    }
+}

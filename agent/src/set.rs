@@ -1,0 +1,87 @@
+//! `pincg set <cgroup> max|high|action <value>`: write the mirror file an
+//! orchestrator would write, then wait until the BPF programs enforce it.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pincg_bpf::ledger::{CgroupLimit, Ledger};
+use pincg_bpf::paths::PinPaths;
+use pincg_cgroup_spec::{parse_action, parse_limit, InterfaceFile};
+
+use crate::mirror::replace_file;
+
+/// How long `set` waits for the agent to put a value in force.
+const IN_FORCE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Key {
+    Max,
+    High,
+    Action,
+}
+
+impl Key {
+    fn file(self) -> InterfaceFile {
+        match self {
+            Key::Max => InterfaceFile::Max,
+            Key::High => InterfaceFile::High,
+            Key::Action => InterfaceFile::MaxAction,
+        }
+    }
+}
+
+/// Validate, write, wait; the message says what is now in force.
+pub fn run(pins: &PinPaths, mirror_root: &Path, cgroup: &str, key: Key, value: &str) -> anyhow::Result<String> {
+    let rel = cgroup.trim_matches('/');
+    // Refuse bad values here, with the reason, rather than in the agent's log.
+    let canonical = match key {
+        Key::Action => parse_action(value)?.to_string(),
+        Key::Max | Key::High => parse_limit(value)?.to_string(),
+    };
+    let file = mirror_root.join(rel).join(key.file().name());
+    replace_file(&file, &format!("{canonical}\n")).with_context(|| format!("writing {}", file.display()))?;
+    let cgroup_dir = pins.cgroup_root().join(rel);
+    let Ok(meta) = std::fs::metadata(&cgroup_dir) else {
+        return Ok(format!(
+            "wrote {}: {canonical}; cgroup {} does not exist yet, the limit applies when it appears",
+            file.display(),
+            cgroup_dir.display()
+        ));
+    };
+    let ledger = Ledger::open(pins)?;
+    let started = Instant::now();
+    loop {
+        if ledger.limits()?.get(&meta.ino()).is_some_and(|l| shows(l, key, &canonical)) || canonical_is_default(key, &canonical, &ledger, meta.ino())? {
+            return Ok(format!(
+                "pins.{} of /{rel}: {canonical}, in force after {} ms",
+                key.file().name().trim_start_matches("pins."),
+                started.elapsed().as_millis()
+            ));
+        }
+        if started.elapsed() > IN_FORCE_TIMEOUT {
+            bail!(
+                "wrote {}, but it is not in force after {IN_FORCE_TIMEOUT:?}: is `pincg agent` running with mirror root {}?",
+                file.display(),
+                mirror_root.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn shows(limit: &CgroupLimit, key: Key, canonical: &str) -> bool {
+    match key {
+        Key::Max => limit.max.to_string() == canonical,
+        Key::High => limit.high.to_string() == canonical,
+        Key::Action => limit.action.to_string() == canonical,
+    }
+}
+
+/// Setting `max` (or `alert`) where no limit entry exists is in force
+/// once no entry exists or the entry shows it.
+fn canonical_is_default(key: Key, canonical: &str, ledger: &Ledger, cgroup: u64) -> anyhow::Result<bool> {
+    let default = matches!((key, canonical), (Key::Max | Key::High, "max") | (Key::Action, "alert"));
+    Ok(default && !ledger.limits()?.contains_key(&cgroup))
+}
