@@ -56,3 +56,8 @@ fn rdma_soft_roce_end_to_end() {
 fn budget_refused_at_exactly_the_byte() {
     scenario("budget", Guest { vfio: true, rdma_net: true, ..Guest::default() });
 }
+
+#[test]
+fn overrun_actions_and_high_crossings() {
+    scenario("actions", Guest::default());
+}

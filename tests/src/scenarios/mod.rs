@@ -1,5 +1,6 @@
 //! The guest scenarios, one module each; `pincg-scenario <name>` runs one.
 
+pub mod actions;
 pub mod budget;
 pub mod demo;
 pub mod io_uring;
@@ -19,4 +20,5 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("owner-not-current", owner::run),
     ("rdma", rdma::run),
     ("budget", budget::run),
+    ("actions", actions::run),
 ];

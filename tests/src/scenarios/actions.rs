@@ -1,0 +1,77 @@
+//! Where no refusal point exists (io_uring on 6.1/6.12), the cgroup's
+//! pins.max.action applies as soon as the ledger shows the overrun: alert
+//! counts, kill SIGKILLs the pinner from BPF, freeze freezes the cgroup.
+//! pins.high counts crossings, not pins.
+
+use anyhow::{ensure, Result};
+
+use crate::scenario::{expect_metric, pincg, step, Agent, Cgroup, Workload};
+
+const MIB: u64 = 1 << 20;
+
+pub fn run() -> Result<()> {
+    let _agent = Agent::start_with(&["--mode", "enforce"])?;
+
+    step("alert: a 64 MiB registration over a 32 MiB budget is counted, nothing else");
+    let alert = limited("pincg-actions/alert", "alert")?;
+    let mut w = Workload::spawn("alerted", &alert, &["io_uring"])?;
+    w.run("ring")?;
+    w.run("register 64M")?;
+    alert.expect_current(64 * MIB)?;
+    alert.expect_file("pins.events.local", "high 0\nmax 1\n")?;
+    expect_metric("pincg_overruns_total{source=\"io_uring\"} 1")?;
+    w.run("unregister")?;
+    alert.expect_current(0)?;
+
+    step("kill: the pinning task is killed by SIGKILL, synchronously; teardown returns the charge");
+    let kill = limited("pincg-actions/kill", "kill")?;
+    let mut w = Workload::spawn("killed", &kill, &["io_uring"])?;
+    w.run("ring")?;
+    w.expect_killed("register 64M")?;
+    kill.expect_current(0)?;
+    kill.expect_file("pins.events.local", "high 0\nmax 1\n")?;
+    expect_metric("pincg_kills_total{source=\"io_uring\"} 1")?;
+
+    step("freeze: the agent freezes the cgroup");
+    let freeze = limited("pincg-actions/freeze", "freeze")?;
+    let mut w = Workload::spawn("frozen", &freeze, &["io_uring"])?;
+    w.run("ring")?;
+    w.run("register 64M")?;
+    crate::scenario::wait_for("cgroup.events says frozen 1", || {
+        let events = std::fs::read_to_string(freeze.path().join("cgroup.events")).unwrap_or_default();
+        (events.lines().any(|l| l == "frozen 1"), events)
+    })?;
+    freeze.expect_file("pins.events.local", "high 0\nmax 1\n")?;
+    std::fs::write(freeze.path().join("cgroup.freeze"), "0")?;
+    w.run("unregister")?;
+    freeze.expect_current(0)?;
+
+    step("pins.high: one event per crossing, not per pin");
+    let high = Cgroup::create("pincg-actions/high")?;
+    println!("   {}", pincg(&["set", "/pincg-actions/high", "high", "32M"])?.trim());
+    let mut w = Workload::spawn("high", &high, &["io_uring"])?;
+    w.run("ring")?;
+    w.run("register2 16M,16M")?;
+    high.expect_file("pins.events.local", "high 0\nmax 0\n")?;
+    w.run("unregister")?;
+    w.run("register2 16M,16M,16M,16M")?;
+    high.expect_file("pins.events.local", "high 1\nmax 0\n")?;
+    w.run("update-empty 3")?;
+    w.run("update-empty 2")?;
+    high.expect_current(32 * MIB)?;
+    w.run("update-empty 1")?;
+    w.run("unregister")?;
+    w.run("register 48M")?;
+    high.expect_file("pins.events.local", "high 2\nmax 0\n")?;
+    let events = std::fs::read_to_string(high.mirror("pins.events"))?;
+    ensure!(events == "high 2\nmax 0\n", "pins.events {events:?}");
+    Ok(())
+}
+
+/// A cgroup with a 32 MiB pins.max and the given action.
+fn limited(rel: &str, action: &str) -> Result<Cgroup> {
+    let cg = Cgroup::create(rel)?;
+    println!("   {}", pincg(&["set", rel, "max", "32M"])?.trim());
+    println!("   {}", pincg(&["set", rel, "action", action])?.trim());
+    Ok(cg)
+}
