@@ -6,6 +6,7 @@ mod http;
 mod limits;
 mod metrics;
 mod mirror;
+mod probe;
 mod set;
 mod snapshot;
 mod status;
@@ -19,7 +20,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pincg_bpf::btf::KernelBtf;
 use pincg_bpf::ledger::{Ledger, Mode};
-use pincg_bpf::loader::{self, HookState};
+use pincg_bpf::loader;
 use pincg_bpf::paths::{PinPaths, DEFAULT_PIN_ROOT};
 
 #[derive(Parser)]
@@ -133,15 +134,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Probe { json } => {
             let hooks = loader::probe(&KernelBtf::load()?);
             if json {
-                let list: Vec<_> = hooks.iter().map(|h| h.to_json()).collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                println!("{}", serde_json::to_string_pretty(&probe::render_json(&hooks))?);
             } else {
-                for h in &hooks {
-                    match &h.state {
-                        HookState::Attached => println!("{:<18} {}", h.hook, h.program.unwrap_or("-")),
-                        _ => println!("{:<18} {}", h.hook, h.describe()),
-                    }
-                }
+                print!("{}", probe::render_text(&hooks));
             }
             Ok(())
         }

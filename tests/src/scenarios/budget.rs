@@ -23,6 +23,13 @@ pub fn run() -> Result<()> {
     expect_hook("xdp:refuse", 1)?;
     expect_hook("rdma:register", 1)?;
 
+    step("pincg probe tells which enforcement each source gets on this kernel");
+    let probe = pincg(&["probe"])?;
+    print!("{probe}");
+    for line in ["vfio       refuse", "rdma       refuse", "xdp        refuse", "io_uring   act after", "iommufd    none"] {
+        ensure!(probe.lines().any(|l| l == line), "probe lacks {line:?}");
+    }
+
     step("pincg set puts an 80 MiB budget in force");
     println!("   {}", pincg(&["set", "/pincg-budget/vm", "max", "80M"])?.trim());
     vm.expect_file("pins.max", "83886080\n")?;
