@@ -1,7 +1,10 @@
 //! AF_XDP umems: exact bytes under `xdp`, returned when the socket closes
 //! (the release runs deferred, in a kworker) and when the process exits.
+//! And short-term pins (O_DIRECT) never count.
 
-use anyhow::Result;
+use std::process::Command;
+
+use anyhow::{ensure, Result};
 
 use crate::scenario::{expect_no_drift, step, Agent, Cgroup, Workload};
 
@@ -29,5 +32,18 @@ pub fn run() -> Result<()> {
     cg.expect_current(16 * MIB)?;
     w.exit()?;
     cg.expect_current(0)?;
+    expect_no_drift()?;
+
+    step("O_DIRECT reads of 64 MiB pin pages short-term: nothing is charged");
+    let modprobe = Command::new("modprobe").args(["brd", "rd_nr=1", "rd_size=65536"]).status()?;
+    ensure!(modprobe.success(), "modprobe brd failed");
+    let dd = format!(
+        "echo $$ > {}/cgroup.procs && exec dd if=/dev/ram0 of=/dev/null bs=1M count=64 iflag=direct status=none",
+        cg.path().display()
+    );
+    let status = Command::new("sh").args(["-c", &dd]).status()?;
+    ensure!(status.success(), "O_DIRECT dd failed");
+    cg.expect_current(0)?;
+    cg.expect_file("pins.peak", &format!("{}\n", 64 * MIB))?;
     expect_no_drift()
 }
