@@ -149,6 +149,35 @@ pub const VFIO: SourceHooks = SourceHooks {
     ],
 };
 
+pub const IOMMUFD: SourceHooks = SourceHooks {
+    object: "iommufd",
+    hooks: &[
+        Hook {
+            name: "iommufd:account",
+            source: Source::Iommufd,
+            variants: &[
+                Variant {
+                    attach: &[
+                        attach_mod("iommufd_update_v612", "iommufd", "do_update_pinned", 4),
+                        attach_mod("iommufd_updated_v612", "iommufd", "do_update_pinned", 4),
+                    ],
+                },
+                Variant {
+                    attach: &[
+                        attach_mod("iommufd_update_v72", "iommufd", "iopt_pages_update_pinned", 4),
+                        attach_mod("iommufd_updated_v72", "iommufd", "iopt_pages_update_pinned", 4),
+                    ],
+                },
+            ],
+        },
+        Hook {
+            name: "iommufd:release",
+            source: Source::Iommufd,
+            variants: &[Variant { attach: &[attach_mod("iommufd_release_v612", "iommufd", "iopt_release_pages", 1)] }],
+        },
+    ],
+};
+
 pub const RDMA: SourceHooks = SourceHooks {
     object: "rdma",
     hooks: &[
@@ -195,13 +224,18 @@ pub const XDP: SourceHooks = SourceHooks {
 };
 
 /// The refusal points of the budget (`src/bpf/enforce.bpf.c`): one LSM
-/// program serves VFIO and RDMA ioctls, a cgroup program AF_XDP.
+/// program serves VFIO, iommufd and RDMA ioctls, a cgroup program AF_XDP.
 pub const ENFORCE: SourceHooks = SourceHooks {
     object: "enforce",
     hooks: &[
         Hook {
             name: "vfio:refuse",
             source: Source::Vfio,
+            variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
+        },
+        Hook {
+            name: "iommufd:refuse",
+            source: Source::Iommufd,
             variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
         },
         Hook {
@@ -219,7 +253,7 @@ pub const ENFORCE: SourceHooks = SourceHooks {
 };
 
 /// Every object pincg can load, in load order.
-pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &RDMA, &XDP, &ENFORCE];
+pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &IOMMUFD, &RDMA, &XDP, &ENFORCE];
 
 /// What the kernel offers: parameter counts of its functions.
 pub trait FunctionCatalog {

@@ -160,6 +160,7 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
     match source.object {
         "io_uring" => load_object(skel::io_uring::IoUringSkelBuilder::default(), storage, source, &chosen, paths),
         "vfio" => load_object(skel::vfio::VfioSkelBuilder::default(), storage, source, &chosen, paths),
+        "iommufd" => load_object(skel::iommufd::IommufdSkelBuilder::default(), storage, source, &chosen, paths),
         "rdma" => load_object(skel::rdma::RdmaSkelBuilder::default(), storage, source, &chosen, paths),
         "xdp" => load_object(skel::xdp::XdpSkelBuilder::default(), storage, source, &chosen, paths),
         "enforce" => load_object(skel::enforce::EnforceSkelBuilder::default(), storage, source, &chosen, paths),

@@ -21,3 +21,7 @@ pub mod xdp {
 pub mod enforce {
     include!(concat!(env!("OUT_DIR"), "/enforce.skel.rs"));
 }
+
+pub mod iommufd {
+    include!(concat!(env!("OUT_DIR"), "/iommufd.skel.rs"));
+}

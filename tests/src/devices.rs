@@ -53,6 +53,20 @@ pub fn vfio_edu_group() -> Result<PathBuf> {
     Ok(node)
 }
 
+/// Bind the `edu` device to `vfio-pci` and return its VFIO device cdev,
+/// `/dev/vfio/devices/vfioN` (kernels with VFIO_DEVICE_CDEV, for iommufd).
+pub fn vfio_edu_cdev() -> Result<PathBuf> {
+    vfio_edu_group()?;
+    let device = find_pci_device(EDU_VENDOR, EDU_DEVICE)?;
+    let dir = device.join("vfio-dev");
+    let entry = fs::read_dir(&dir)
+        .with_context(|| format!("reading {} (is the kernel built with VFIO_DEVICE_CDEV?)", dir.display()))?
+        .flatten()
+        .next()
+        .with_context(|| format!("{} is empty", dir.display()))?;
+    Ok(Path::new("/dev/vfio/devices").join(entry.file_name()))
+}
+
 /// Let `uid` open the group node: `pincg-workload --user UID` runs with
 /// uid and gid UID, and the node is root's, mode 0600. (`/dev/vfio/vfio`
 /// is world-accessible.)

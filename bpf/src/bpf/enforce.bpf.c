@@ -4,8 +4,10 @@
  * ancestor) over pins.max fail with ENOMEM before a single page is pinned,
  * decided here without a round trip to the agent.
  *
- *   lsm.s/file_ioctl   VFIO_IOMMU_MAP_DMA; RDMA REG_MR sent as an ioctl
- *                      (rdma-core's ibv_reg_mr: UVERBS_METHOD_INVOKE_WRITE)
+ *   lsm.s/file_ioctl   VFIO_IOMMU_MAP_DMA; IOMMU_IOAS_MAP; RDMA REG_MR sent
+ *                      as an ioctl (rdma-core's ibv_reg_mr:
+ *                      UVERBS_METHOD_INVOKE_WRITE). IOMMU_IOAS_COPY maps
+ *                      pages already pinned and is not checked.
  *   cgroup/setsockopt  AF_XDP XDP_UMEM_REG
  *
  * Every check reads the request from user memory, which the caller can
@@ -24,6 +26,18 @@ struct vfio_dma_map_req {
 	__u64 vaddr;
 	__u64 iova;
 	__u64 size;
+};
+
+#define IOMMU_IOAS_MAP 0x3b85
+
+struct iommu_ioas_map_req {
+	__u32 size;
+	__u32 flags;
+	__u32 ioas_id;
+	__u32 reserved;
+	__u64 user_va;
+	__u64 length;
+	__u64 iova;
 };
 
 #define RDMA_VERBS_IOCTL 0xc0181b01
@@ -79,6 +93,15 @@ static __always_inline int vfio_map_dma(unsigned long arg)
 	return admit(page_span(req.vaddr, req.size), PINCG_SRC_VFIO);
 }
 
+static __always_inline int iommufd_ioas_map(unsigned long arg)
+{
+	struct iommu_ioas_map_req req = {};
+
+	if (bpf_copy_from_user(&req, sizeof(req), (void *)arg))
+		return 0;
+	return admit(page_span(req.user_va, req.length), PINCG_SRC_IOMMUFD);
+}
+
 /* Bytes of an INVOKE_WRITE(REG_MR) request, or 0 for any other request. */
 static __always_inline __u64 rdma_reg_mr_bytes(unsigned long arg)
 {
@@ -117,6 +140,8 @@ int BPF_PROG(enforce_file_ioctl, struct file *file, unsigned int cmd, unsigned l
 		return ret;
 	if (cmd == VFIO_IOMMU_MAP_DMA)
 		return vfio_map_dma(arg);
+	if (cmd == IOMMU_IOAS_MAP)
+		return iommufd_ioas_map(arg);
 	if (cmd == RDMA_VERBS_IOCTL) {
 		bytes = rdma_reg_mr_bytes(arg);
 		return bytes ? admit(bytes, PINCG_SRC_RDMA) : 0;

@@ -1,11 +1,11 @@
-//! `pincg-workload [--user UID] io_uring|vfio|rdma|xdp`: a pinning process driven over
+//! `pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp`: a pinning process driven over
 //! stdin (see `pincg_tests::workload`).
 //!
 //! `--user UID` raises RLIMIT_MEMLOCK to unlimited, then drops to UID
 //! without capabilities, so the kernel's own accounting runs as it does for
 //! an unprivileged tenant.
 
-use pincg_tests::workload::{self, io_uring::Rings, rdma::Rdma, vfio::Vfio, xdp::Xdp};
+use pincg_tests::workload::{self, io_uring::Rings, iommufd::Iommufd, rdma::Rdma, vfio::Vfio, xdp::Xdp};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +23,9 @@ fn main() {
         }
         "vfio" => {
             workload::serve(&mut Vfio::default());
+        }
+        "iommufd" => {
+            workload::serve(&mut Iommufd::default());
         }
         "xdp" => {
             workload::serve(&mut Xdp::default());
@@ -45,6 +48,6 @@ fn drop_privileges(uid: u32) {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pincg-workload [--user UID] io_uring|vfio|rdma|xdp");
+    eprintln!("usage: pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp");
     std::process::exit(2)
 }

@@ -4,11 +4,13 @@
 
 pub mod fdpass;
 pub mod io_uring;
+pub mod iommufd;
 pub mod rdma;
 pub mod vfio;
 pub mod xdp;
 
 use std::io::{BufRead, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Parse a size such as `64M`, `16M`, `4K` or `4096`.
 pub fn parse_size(text: &str) -> Result<usize, String> {
@@ -51,6 +53,27 @@ pub fn serve(pinner: &mut dyn Pinner) {
         };
         let _ = writeln!(stdout, "{reply}");
         let _ = stdout.flush();
+    }
+}
+
+/// Parse an I/O virtual address, hex (`0x100000`) or decimal.
+pub fn parse_iova(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("bad iova {text:?}"))
+}
+
+/// ioctl(2) on `fd`; the error names the request.
+pub fn ioctl(fd: &OwnedFd, request: libc::c_ulong, arg: libc::c_ulong, name: &str) -> Result<libc::c_int, String> {
+    // SAFETY: every caller passes, for its `request`, either a plain value
+    // or the address of a live, correctly laid out uAPI struct.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) };
+    if rc < 0 {
+        Err(os_error(name))
+    } else {
+        Ok(rc)
     }
 }
 

@@ -19,7 +19,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::{anonymous_memory, os_error, parse_size};
+use super::{anonymous_memory, ioctl, os_error, parse_iova, parse_size};
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO_TYPE is `';'` (0x3b), VFIO_BASE
 /// 100. `_IO` encodes no size or direction, so this is `0x3b00 | (100 + n)`.
@@ -172,14 +172,6 @@ impl Vfio {
 }
 
 /// An IOVA: `0x`-prefixed hex or decimal.
-fn parse_iova(text: &str) -> Result<u64, String> {
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|_| format!("bad iova {text:?}"))
-}
-
 /// Set RLIMIT_MEMLOCK, soft and hard, to `bytes`. Lowering needs no
 /// privilege, so this works after `--user` dropped them.
 fn memlock(bytes: usize) -> Result<(), String> {
@@ -198,17 +190,6 @@ fn open(path: &str) -> Result<OwnedFd, String> {
 
 /// One VFIO ioctl. The kernel takes `arg` as an `unsigned long` either
 /// way: a value for some requests, a user pointer for others.
-fn ioctl(fd: &OwnedFd, request: libc::c_ulong, arg: libc::c_ulong, name: &str) -> Result<libc::c_int, String> {
-    // SAFETY: every caller passes, for its `request`, either a plain value
-    // or the address of a live, correctly laid out uAPI struct.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) };
-    if rc < 0 {
-        Err(os_error(name))
-    } else {
-        Ok(rc)
-    }
-}
-
 impl super::Pinner for Vfio {
     fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
         Vfio::command(self, command, args)

@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * iommufd IOAS maps (IOMMU_IOAS_MAP/MAP_FILE/COPY, and the vfio-compat
+ * container), in iommufd.ko or built in.
+ *
+ * The pin object is the `struct iopt_pages *`: one per mapped user range,
+ * shared by every area and IOAS that maps it (IOAS_COPY adds an area, not
+ * pins). Its owner is `pages->source_task`. Every change of what is pinned
+ * goes through one accounting sink, for every account mode including the
+ * CAP_IPC_LOCK "none" mode: do_update_pinned (6.12) /
+ * iopt_pages_update_pinned (7.x), after which `pages->last_npinned` is the
+ * number of pages pinned. The ledger follows it; iopt_release_pages, the
+ * final free, returns whatever is left.
+ */
+#include "ledger.bpf.h"
+
+struct iopt_pages {
+	struct kref kref;
+	size_t last_npinned;
+	struct task_struct *source_task;
+	void *uptr;
+} __attribute__((preserve_access_index));
+
+#define PAGE_BYTES 4096
+
+/* The iopt_pages a task is accounting, between entry and return. */
+PINCG_INFLIGHT_MAP(iommufd_busy);
+
+static __always_inline void accounted(int ret)
+{
+	struct iopt_pages *pages = (struct iopt_pages *)inflight_take(&iommufd_busy);
+
+	if (!pages || ret)
+		return;
+	ledger_resize((__u64)pages, PINCG_SRC_IOMMUFD, BPF_CORE_READ(pages, source_task),
+		      (__u64)BPF_CORE_READ(pages, uptr), BPF_CORE_READ(pages, last_npinned) * PAGE_BYTES, false);
+}
+
+SEC("kprobe/do_update_pinned")
+int BPF_KPROBE(iommufd_update_v612, struct iopt_pages *pages)
+{
+	inflight_set(&iommufd_busy, (__u64)pages);
+	return 0;
+}
+
+SEC("kretprobe/do_update_pinned")
+int BPF_KRETPROBE(iommufd_updated_v612, int ret)
+{
+	accounted(ret);
+	return 0;
+}
+
+SEC("kprobe/iopt_pages_update_pinned")
+int BPF_KPROBE(iommufd_update_v72, struct iopt_pages *pages)
+{
+	inflight_set(&iommufd_busy, (__u64)pages);
+	return 0;
+}
+
+SEC("kretprobe/iopt_pages_update_pinned")
+int BPF_KRETPROBE(iommufd_updated_v72, int ret)
+{
+	accounted(ret);
+	return 0;
+}
+
+SEC("kprobe/iopt_release_pages")
+int BPF_KPROBE(iommufd_release_v612, struct kref *kref)
+{
+	__u64 pages = (__u64)kref - bpf_core_field_offset(struct iopt_pages, kref);
+	struct pin_key key = { .object = pages, .source = PINCG_SRC_IOMMUFD };
+
+	if (bpf_map_lookup_elem(&objects, &key))
+		ledger_release(pages, PINCG_SRC_IOMMUFD);
+	return 0;
+}
