@@ -15,7 +15,7 @@ fn main() {
         _ => usage(),
     };
     if let Some(uid) = user {
-        drop_privileges(uid);
+        workload::drop_privileges(uid).unwrap_or_else(|e| panic!("--user {uid}: {e}"));
     }
     match kind.as_str() {
         "io_uring" => {
@@ -34,16 +34,6 @@ fn main() {
             workload::serve(&mut Rdma::default());
         }
         _ => usage(),
-    }
-}
-
-fn drop_privileges(uid: u32) {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: plain syscalls on our own process with valid arguments.
-    unsafe {
-        assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited), 0, "setrlimit(RLIMIT_MEMLOCK)");
-        assert_eq!(libc::setgid(uid), 0, "setgid");
-        assert_eq!(libc::setuid(uid), 0, "setuid");
     }
 }
 

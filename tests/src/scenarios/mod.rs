@@ -4,6 +4,7 @@ pub mod actions;
 pub mod budget;
 pub mod demo;
 pub mod io_uring;
+pub mod iommufd;
 pub mod owner;
 pub mod rdma;
 pub mod refusal;
@@ -21,4 +22,5 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("rdma", rdma::run),
     ("budget", budget::run),
     ("actions", actions::run),
+    ("iommufd", iommufd::run),
 ];

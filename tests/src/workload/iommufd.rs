@@ -100,6 +100,9 @@ impl super::Pinner for Iommufd {
         match (command, args) {
             ("open", []) => self.open(),
             ("rlimit-mode", [mode]) => self.rlimit_mode(mode),
+            // Set up as root, then map as a tenant: the account mode of a
+            // mapping is decided by the mapping task's CAP_IPC_LOCK.
+            ("become", [uid]) => super::drop_privileges(uid.parse().map_err(|_| format!("bad uid {uid:?}"))?),
             ("ioas", []) => self.alloc_ioas(),
             ("attach", [device]) => self.attach(device),
             ("map", [ioas, iova, size]) => self.map(index(ioas)?, parse_iova(iova)?, parse_size(size)?),

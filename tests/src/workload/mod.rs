@@ -77,6 +77,26 @@ pub fn ioctl(fd: &OwnedFd, request: libc::c_ulong, arg: libc::c_ulong, name: &st
     }
 }
 
+/// Raise RLIMIT_MEMLOCK to unlimited, then become `uid` (and gid `uid`)
+/// without capabilities, so the kernel's own accounting runs as it does for
+/// an unprivileged tenant.
+pub fn drop_privileges(uid: u32) -> Result<(), String> {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscalls on our own process with valid arguments.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) != 0 {
+            return Err(os_error("setrlimit(RLIMIT_MEMLOCK)"));
+        }
+        if libc::setgid(uid) != 0 {
+            return Err(os_error("setgid"));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(os_error("setuid"));
+        }
+    }
+    Ok(())
+}
+
 /// The last OS error, named after the call that failed.
 pub fn os_error(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
