@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pincg_bpf::ledger::{Ledger, Mode};
+use pincg_bpf::ledger::{Ledger, Mode, PinObject};
 use pincg_bpf::loader::{self, HookState, HookStatus};
 use pincg_bpf::paths::PinPaths;
 use pincg_bpf::preflight;
@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cgroupfs::CgroupTree;
 use crate::http::{self, Shared};
+use crate::labels::qemu_guest_name;
 use crate::limits::Limits;
 use crate::mirror::Mirror;
 use crate::snapshot::{CgroupRow, Snapshot};
@@ -33,6 +34,7 @@ pub struct Options {
     pub listen: SocketAddr,
     pub interval: Duration,
     pub mode: Mode,
+    pub metrics: crate::metrics::Filter,
 }
 
 /// Everything needed to take a snapshot.
@@ -62,11 +64,14 @@ impl Sampler {
                 self.ledger.forget_cgroup(u.cgroup)?;
             }
         }
+        let objects = self.ledger.objects()?;
+        let mut rows = Snapshot::build(&tree, &usage, &self.ledger.limits()?);
+        name_vms_in_pods(&mut rows, &objects);
         Ok(Snapshot {
-            rows: Snapshot::build(&tree, &usage, &self.ledger.limits()?),
+            rows,
             hooks: self.hooks.clone(),
             counters: self.ledger.counters()?,
-            objects: self.ledger.objects()?.len(),
+            objects: objects.len(),
             mode: Some(self.ledger.mode()?),
             actions: self.ledger.actions()?,
             limit_errors: 0,
@@ -85,6 +90,22 @@ impl Sampler {
             self.hooks = hooks;
         }
         Ok(())
+    }
+}
+
+/// A pod's cgroup path does not name the VM it runs (KubeVirt's
+/// virt-launcher): take the guest name from the cmdline of a QEMU process
+/// that pinned memory in it.
+fn name_vms_in_pods(rows: &mut [CgroupRow], objects: &[PinObject]) {
+    for row in rows.iter_mut().filter(|r| !r.identity.pod_uid.is_empty() && r.identity.vm.is_empty()) {
+        let name = objects
+            .iter()
+            .filter(|o| o.cgroup == row.id)
+            .filter_map(|o| procfs::process::Process::new(o.tgid as i32).ok()?.cmdline().ok())
+            .find_map(|cmdline| qemu_guest_name(&cmdline));
+        if let Some(vm) = name {
+            row.identity.vm = vm;
+        }
     }
 }
 
@@ -161,7 +182,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening for metrics on {}", opts.listen))?;
-    tokio::spawn(http::serve(listener, shared.clone()));
+    tokio::spawn(http::serve(listener, shared.clone(), Arc::new(opts.metrics.clone())));
     log(&format!(
         "ready in {} ms: mirror {}, metrics http://{}/metrics",
         started.elapsed().as_millis(),

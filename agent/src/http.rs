@@ -16,18 +16,18 @@ pub type Shared = Arc<RwLock<Arc<Snapshot>>>;
 const MAX_REQUEST: usize = 8192;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, shared: Shared) {
+pub async fn serve(listener: TcpListener, shared: Shared, filter: Arc<metrics::Filter>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let shared = shared.clone();
+        let (shared, filter) = (shared.clone(), filter.clone());
         tokio::spawn(async move {
             // A client that hangs up early is its own business.
-            let _ = handle(stream, shared).await;
+            let _ = handle(stream, shared, &filter).await;
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, shared: Shared, filter: &metrics::Filter) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
@@ -46,7 +46,7 @@ async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => {
             let snapshot = shared.read().expect("snapshot lock is never poisoned").clone();
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics::render(&snapshot))
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics::render(&snapshot, filter))
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", _) => ("404 Not Found", "text/plain", "pincg serves /metrics and /healthz\n".into()),

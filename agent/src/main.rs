@@ -3,6 +3,7 @@
 mod agent;
 mod cgroupfs;
 mod http;
+mod labels;
 mod limits;
 mod metrics;
 mod mirror;
@@ -54,6 +55,14 @@ enum Command {
         /// runtime.
         #[arg(long, default_value = "monitor")]
         mode: Mode,
+        /// Export series for every cgroup, not only those with pins, a
+        /// limit, a peak or events.
+        #[arg(long)]
+        metrics_all_cgroups: bool,
+        /// Export series only for cgroups under this path (repeatable),
+        /// e.g. `/machine.slice` or `/kubepods.slice`.
+        #[arg(long = "metrics-cgroup-prefix")]
+        metrics_prefixes: Vec<String>,
     },
     /// Write a cgroup's pins.max, pins.high or pins.max.action and wait
     /// until the kernel enforces it.
@@ -106,13 +115,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let pins = || -> anyhow::Result<PinPaths> { Ok(PinPaths::new(&cli.pin_root, cgroup_root()?)) };
     match cli.command {
-        Command::Agent { mirror_root, listen, interval_ms, mode } => {
+        Command::Agent { mirror_root, listen, interval_ms, mode, metrics_all_cgroups, metrics_prefixes } => {
             let opts = agent::Options {
                 pins: pins()?,
                 mirror_root,
                 listen,
                 interval: Duration::from_millis(interval_ms.max(10)),
                 mode,
+                metrics: metrics::Filter { all_cgroups: metrics_all_cgroups, prefixes: metrics_prefixes },
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

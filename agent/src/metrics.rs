@@ -6,12 +6,41 @@
 use pincg_cgroup_spec::Limit;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{CgroupRow, Snapshot};
+
+/// Which cgroups get per-cgroup series: every cgroup can mean thousands of
+/// idle systemd units, so by default only cgroups with something to say
+/// (pins, a limit, events, a peak) and the root.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Also the idle cgroups.
+    pub all_cgroups: bool,
+    /// Only cgroups under one of these paths (`/machine.slice`); empty: all.
+    pub prefixes: Vec<String>,
+}
+
+impl Filter {
+    fn keeps(&self, row: &CgroupRow) -> bool {
+        let label = row.label();
+        let under = self.prefixes.is_empty()
+            || self.prefixes.iter().any(|p| label == *p || label.starts_with(&format!("{}/", p.trim_end_matches('/'))));
+        let busy = row.current() > 0 || row.peak > 0 || row.limit.is_some() || row.events.max + row.events.high > 0;
+        row.path.as_deref() == Some("") || (under && (busy || self.all_cgroups))
+    }
+}
+
+/// The labels of every per-cgroup series, in this order.
+const CGROUP_LABELS: [&str; 5] = ["cgroup", "pod_uid", "container_id", "qos", "vm"];
+
+fn cgroup_labels(row: &CgroupRow) -> [String; 5] {
+    let id = &row.identity;
+    [row.label(), id.pod_uid.clone(), id.container_id.clone(), id.qos.clone(), id.vm.clone()]
+}
 
 /// Render the snapshot as Prometheus text format 0.0.4.
-pub fn render(snapshot: &Snapshot) -> String {
+pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
     let registry = Registry::new();
-    fill(&registry, snapshot).expect("metric definitions are static and valid");
+    fill(&registry, snapshot, filter).expect("metric definitions are static and valid");
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&registry.gather(), &mut out)
@@ -19,50 +48,51 @@ pub fn render(snapshot: &Snapshot) -> String {
     String::from_utf8(out).expect("the text encoder writes UTF-8")
 }
 
-fn fill(registry: &Registry, snapshot: &Snapshot) -> prometheus::Result<()> {
+fn fill(registry: &Registry, snapshot: &Snapshot, filter: &Filter) -> prometheus::Result<()> {
     let pinned = IntGaugeVec::new(
         Opts::new(
             "pincg_pinned_bytes",
             "Bytes of long-term pinned pages charged to the cgroup and its descendants, by source.",
         ),
-        &["cgroup", "source"],
+        &[&CGROUP_LABELS[..], &["source"]].concat(),
     )?;
     let current = IntGaugeVec::new(
         Opts::new("pincg_current_bytes", "pins.current: all sources, the cgroup and its descendants."),
-        &["cgroup"],
+        &CGROUP_LABELS,
     )?;
-    let peak = IntGaugeVec::new(Opts::new("pincg_peak_bytes", "pins.peak: the highest pins.current seen."), &["cgroup"])?;
+    let peak = IntGaugeVec::new(Opts::new("pincg_peak_bytes", "pins.peak: the highest pins.current seen."), &CGROUP_LABELS)?;
     let limit = IntGaugeVec::new(
         Opts::new("pincg_limit_bytes", "pins.max in force; cgroups without a limit have no series."),
-        &["cgroup"],
+        &CGROUP_LABELS,
     )?;
     let high = IntGaugeVec::new(
         Opts::new("pincg_high_bytes", "pins.high in force; cgroups without one have no series."),
-        &["cgroup"],
+        &CGROUP_LABELS,
     )?;
     let events = IntCounterVec::new(
         Opts::new(
             "pincg_events_total",
             "pins.events: pins.high crossings (high) and requests refused or overruns at pins.max (max), in the cgroup and its descendants.",
         ),
-        &["cgroup", "event"],
+        &[&CGROUP_LABELS[..], &["event"]].concat(),
     )?;
-    for row in &snapshot.rows {
-        let cgroup = row.label();
-        let c = cgroup.as_str();
-        current.with_label_values(&[c]).set(clamp(row.current()));
-        peak.with_label_values(&[c]).set(clamp(row.peak));
+    for row in snapshot.rows.iter().filter(|r| filter.keeps(r)) {
+        let owned = cgroup_labels(row);
+        let c: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let with = |extra: &'static str| [&c[..], &[extra]].concat();
+        current.with_label_values(&c).set(clamp(row.current()));
+        peak.with_label_values(&c).set(clamp(row.peak));
         for (source, bytes) in row.total.iter() {
-            pinned.with_label_values(&[c, source.key()]).set(clamp(bytes));
+            pinned.with_label_values(&with(source.key())).set(clamp(bytes));
         }
-        events.with_label_values(&[c, "high"]).inc_by(row.events.high);
-        events.with_label_values(&[c, "max"]).inc_by(row.events.max);
+        events.with_label_values(&with("high")).inc_by(row.events.high);
+        events.with_label_values(&with("max")).inc_by(row.events.max);
         if let Some(l) = &row.limit {
             if let Limit::Bytes(b) = l.max {
-                limit.with_label_values(&[c]).set(clamp(b));
+                limit.with_label_values(&c).set(clamp(b));
             }
             if let Limit::Bytes(b) = l.high {
-                high.with_label_values(&[c]).set(clamp(b));
+                high.with_label_values(&c).set(clamp(b));
             }
         }
     }
@@ -160,34 +190,48 @@ fn clamp(bytes: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use pincg_bpf::ledger::CgroupLimit;
-    use pincg_cgroup_spec::{Action, Events, PerSource};
+    use pincg_cgroup_spec::{Action, Events, Source};
 
     use super::*;
-    use crate::snapshot::CgroupRow;
 
     #[test]
     fn exposes_per_cgroup_per_source_bytes() {
-        let total = PerSource([0, 0, 0, 67108864, 0, 0]);
         let snapshot = Snapshot {
             rows: vec![CgroupRow {
-                id: 9,
-                path: Some("vm.slice/a".into()),
-                total,
-                local: total,
-                peak: total.total(),
                 events: Events { high: 1, max: 0 },
-                events_local: Events::default(),
                 limit: Some(CgroupLimit { max: Limit::Bytes(1 << 30), high: Limit::Max, action: Action::Alert }),
+                ..CgroupRow::sample("vm.slice/a", Source::IoUring, 67108864)
             }],
             ..Snapshot::default()
         };
-        let text = render(&snapshot);
-        assert!(text.contains("pincg_pinned_bytes{cgroup=\"/vm.slice/a\",source=\"io_uring\"} 67108864\n"), "{text}");
-        assert!(text.contains("pincg_pinned_bytes{cgroup=\"/vm.slice/a\",source=\"vfio\"} 0\n"));
-        assert!(text.contains("pincg_current_bytes{cgroup=\"/vm.slice/a\"} 67108864\n"));
+        let text = render(&snapshot, &Filter::default());
+        // The encoder sorts labels by name.
+        let labels = "cgroup=\"/vm.slice/a\",container_id=\"\",pod_uid=\"\",qos=\"\",vm=\"\"";
+        let with = |extra: &str| labels.replace(",vm=", &format!(",{extra},vm="));
+        let pinned = |source: &str| with(&format!("source=\"{source}\""));
+        assert!(text.contains(&format!("pincg_pinned_bytes{{{}}} 67108864\n", pinned("io_uring"))), "{text}");
+        assert!(text.contains(&format!("pincg_pinned_bytes{{{}}} 0\n", pinned("vfio"))));
+        assert!(text.contains(&format!("pincg_current_bytes{{{labels}}} 67108864\n")));
         assert!(text.contains("# TYPE pincg_ledger_events_total counter\n"));
-        assert!(text.contains("pincg_limit_bytes{cgroup=\"/vm.slice/a\"} 1073741824\n"), "{text}");
-        assert!(text.contains("pincg_events_total{cgroup=\"/vm.slice/a\",event=\"high\"} 1\n"));
+        assert!(text.contains(&format!("pincg_limit_bytes{{{labels}}} 1073741824\n")), "{text}");
+        let high = labels.replace(",pod_uid=", ",event=\"high\",pod_uid=");
+        assert!(text.contains(&format!("pincg_events_total{{{high}}} 1\n")), "{text}");
         assert!(!text.contains("pincg_high_bytes{"), "no series for an unset pins.high");
+    }
+
+    #[test]
+    fn the_filter_bounds_cardinality() {
+        let row = |path: &str, bytes: u64| CgroupRow::sample(path, Source::Vfio, bytes);
+        let snapshot = Snapshot {
+            rows: vec![row("", 1), row("system.slice/idle.service", 0), row("machine.slice/vm", 1), row("other", 1)],
+            ..Snapshot::default()
+        };
+        let cgroups = |filter: &Filter| -> Vec<String> {
+            snapshot.rows.iter().filter(|r| filter.keeps(r)).map(CgroupRow::label).collect()
+        };
+        assert_eq!(cgroups(&Filter::default()), ["/", "/machine.slice/vm", "/other"]);
+        assert_eq!(cgroups(&Filter { all_cgroups: true, prefixes: vec![] }).len(), 4);
+        let machines = Filter { all_cgroups: false, prefixes: vec!["/machine.slice".into()] };
+        assert_eq!(cgroups(&machines), ["/", "/machine.slice/vm"]);
     }
 }

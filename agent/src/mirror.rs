@@ -154,22 +154,12 @@ pub fn replace_file(path: &Path, content: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use pincg_cgroup_spec::{Events, PerSource};
+    use pincg_cgroup_spec::{Events, Source};
 
     use super::*;
 
     fn row(id: u64, path: &str, io_uring: u64) -> CgroupRow {
-        let total = PerSource([0, 0, 0, io_uring, 0, 0]);
-        CgroupRow {
-            id,
-            path: Some(path.into()),
-            total,
-            local: total,
-            peak: io_uring,
-            events: Events { high: 1, max: 2 },
-            events_local: Events::default(),
-            limit: None,
-        }
+        CgroupRow { id, events: Events { high: 1, max: 2 }, ..CgroupRow::sample(path, Source::IoUring, io_uring) }
     }
 
     #[test]

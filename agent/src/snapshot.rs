@@ -9,6 +9,7 @@ use pincg_cgroup_spec::{Events, PerSource, Source};
 use serde::Serialize;
 
 use crate::cgroupfs::CgroupTree;
+use crate::labels::{identify, Identity};
 
 /// Usage of one cgroup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,6 +30,9 @@ pub struct CgroupRow {
     /// The limit in force in BPF, if any.
     #[serde(skip)]
     pub limit: Option<CgroupLimit>,
+    /// Pod, container and VM, for joins.
+    #[serde(skip)]
+    pub identity: Identity,
 }
 
 impl CgroupRow {
@@ -42,6 +46,26 @@ impl CgroupRow {
         match &self.path {
             Some(p) => crate::cgroupfs::display_path(p),
             None => format!("(removed cgroup {})", self.id),
+        }
+    }
+}
+
+#[cfg(test)]
+impl CgroupRow {
+    /// An existing cgroup at `path` with `bytes` pinned through `source`.
+    pub fn sample(path: &str, source: Source, bytes: u64) -> CgroupRow {
+        let mut total = PerSource::default();
+        total.0[source as usize] = bytes;
+        CgroupRow {
+            id: 1,
+            path: Some(path.into()),
+            total,
+            local: total,
+            peak: bytes,
+            events: Events::default(),
+            events_local: Events::default(),
+            limit: None,
+            identity: identify(path),
         }
     }
 }
@@ -65,6 +89,7 @@ impl Snapshot {
     pub fn build(tree: &CgroupTree, usage: &[CgroupUsage], limits: &HashMap<u64, CgroupLimit>) -> Vec<CgroupRow> {
         let row = |id: u64, path: Option<String>| CgroupRow {
             id,
+            identity: path.as_deref().map(identify).unwrap_or_default(),
             path,
             total: PerSource::default(),
             local: PerSource::default(),
@@ -134,14 +159,8 @@ mod tests {
     #[test]
     fn events_add_up_the_subtree() {
         let row = |path: &str, max: u64| CgroupRow {
-            id: 0,
-            path: Some(path.into()),
-            total: PerSource::default(),
-            local: PerSource::default(),
-            peak: 0,
-            events: Events::default(),
             events_local: Events { high: 0, max },
-            limit: None,
+            ..CgroupRow::sample(path, Source::Vfio, 0)
         };
         let mut rows = vec![row("", 0), row("vm", 1), row("vm/a", 2), row("other", 4)];
         propagate_events(&mut rows);

@@ -61,25 +61,11 @@ pub fn render_json(rows: &[&CgroupRow], snapshot: &Snapshot) -> serde_json::Valu
 
 #[cfg(test)]
 mod tests {
-    use pincg_cgroup_spec::PerSource;
-
     use super::*;
 
     #[test]
     fn table_indents_the_tree_and_uses_human_units() {
-        let row = |path: &str, b: u64| {
-            let total = PerSource([0, 0, 0, b, 0, 0]);
-            CgroupRow {
-                id: 1,
-                path: Some(path.into()),
-                total,
-                local: total,
-                peak: b,
-                events: Default::default(),
-                events_local: Default::default(),
-                limit: None,
-            }
-        };
+        let row = |path: &str, b: u64| CgroupRow::sample(path, Source::IoUring, b);
         let rows = [row("", 100663296), row("pincg", 100663296), row("pincg/a", 67108864)];
         let refs: Vec<&CgroupRow> = rows.iter().collect();
         let table = render_table(&refs);

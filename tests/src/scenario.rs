@@ -315,6 +315,23 @@ pub fn expect_hook(hook: &str, attached: u8) -> Result<()> {
     })
 }
 
+/// The series of per-cgroup metric `name` for a cgroup outside Kubernetes
+/// and libvirt (empty identity labels), with one more label, as the agent
+/// writes it (labels sorted by name).
+pub fn cgroup_series(name: &str, cgroup: &str, extra: (&str, &str)) -> String {
+    let mut labels = vec![
+        ("cgroup", cgroup),
+        ("container_id", ""),
+        ("pod_uid", ""),
+        ("qos", ""),
+        ("vm", ""),
+        extra,
+    ];
+    labels.sort();
+    let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    format!("{name}{{{}}}", text.join(","))
+}
+
 /// Wait until the metrics have exactly the line `line`.
 pub fn expect_metric(line: &str) -> Result<()> {
     wait_for(&format!("metric {line}"), || {
@@ -335,4 +352,50 @@ pub fn pincg(args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Poll `check` like [`wait_for`], but for up to `limit` (for slow starters
+/// such as a Prometheus server under TCG).
+pub fn wait_for_within(what: &str, limit: Duration, mut check: impl FnMut() -> (bool, String)) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let (ok, seen) = check();
+        if ok {
+            println!("   ok {what} (after {} ms)", start.elapsed().as_millis());
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!("expected {what}, but after {limit:?} it is {seen}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET `path` from the HTTP server at `addr`; returns the status code and
+/// the body, whatever the status. Asks in HTTP/1.0, so that the answer is
+/// never chunked.
+pub fn http_get_from(addr: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("GET {path}: no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// Percent-encode `s` for a URL query parameter (everything but RFC 3986's
+/// unreserved characters).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

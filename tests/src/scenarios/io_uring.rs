@@ -4,7 +4,7 @@
 
 use anyhow::{ensure, Result};
 
-use crate::scenario::{expect_no_drift, http_get, kernel_at_least, pincg, skip, step, wait_for, Agent, Cgroup, Workload};
+use crate::scenario::{cgroup_series, expect_no_drift, http_get, kernel_at_least, pincg, skip, step, wait_for, Agent, Cgroup, Workload};
 
 const MIB: u64 = 1 << 20;
 
@@ -31,12 +31,15 @@ pub fn run() -> Result<()> {
 
     step("the metrics endpoint and pincg status show the same numbers");
     let metrics = http_get("/metrics")?;
+    let pinned = |cgroup: &str, bytes: u64| {
+        format!("{} {bytes}", cgroup_series("pincg_pinned_bytes", cgroup, ("source", "io_uring")))
+    };
     for line in [
-        "pincg_pinned_bytes{cgroup=\"/pincg-test/a\",source=\"io_uring\"} 67108864",
-        "pincg_pinned_bytes{cgroup=\"/pincg-test/b\",source=\"io_uring\"} 33554432",
-        "pincg_pinned_bytes{cgroup=\"/pincg-test\",source=\"io_uring\"} 100663296",
-        "pincg_hook_attached{hook=\"io_uring:register\",source=\"io_uring\"} 1",
-        "pincg_hook_attached{hook=\"io_uring:release\",source=\"io_uring\"} 1",
+        pinned("/pincg-test/a", 67108864),
+        pinned("/pincg-test/b", 33554432),
+        pinned("/pincg-test", 100663296),
+        "pincg_hook_attached{hook=\"io_uring:register\",source=\"io_uring\"} 1".to_string(),
+        "pincg_hook_attached{hook=\"io_uring:release\",source=\"io_uring\"} 1".to_string(),
     ] {
         ensure!(metrics.lines().any(|l| l == line), "metrics lack {line:?}:\n{metrics}");
     }

@@ -1,0 +1,185 @@
+//! Labels people can join on, derived from a cgroup's path: Kubernetes
+//! pods and containers (kubelet's systemd and cgroupfs drivers, every QoS
+//! class, containerd, CRI-O and Docker scopes) and libvirt VMs.
+
+/// The joinable identity of a cgroup; empty strings where not applicable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub pod_uid: String,
+    pub container_id: String,
+    /// `guaranteed`, `burstable` or `besteffort`.
+    pub qos: String,
+    pub vm: String,
+}
+
+/// Read the identity off a relative cgroup path.
+pub fn identify(path: &str) -> Identity {
+    let mut id = Identity::default();
+    let segments: Vec<String> = path.split('/').map(unescape_systemd).collect();
+    if let Some(k) = segments.iter().position(|s| s == "kubepods" || s == "kubepods.slice" || s.ends_with("-kubepods.slice")) {
+        kubernetes(&segments[k + 1..], &mut id);
+    }
+    for s in &segments {
+        if let Some(vm) = libvirt_vm(s) {
+            id.vm = vm;
+        }
+    }
+    id
+}
+
+/// Pod and container below the kubepods cgroup, e.g. (systemd driver)
+/// `kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`
+/// or (cgroupfs driver) `burstable/pod<uid>/<id>`.
+fn kubernetes(below: &[String], id: &mut Identity) {
+    id.qos = "guaranteed".into();
+    for s in below {
+        // `kubepods-burstable-pod<uid>.slice` (or kind's `kubelet-kubepods-…`)
+        // and `burstable/pod<uid>` alike, as words split on '-' and '/'.
+        let bare = s.strip_suffix(".slice").unwrap_or(s);
+        let words = bare.split_once("kubepods-").map_or(bare, |(_, rest)| rest);
+        for qos in ["burstable", "besteffort"] {
+            if words == qos || words.starts_with(&format!("{qos}-")) {
+                id.qos = qos.into();
+            }
+        }
+        let pod = words.strip_prefix("pod").or_else(|| words.split_once("-pod").map(|(_, uid)| uid));
+        if let Some(uid) = pod {
+            // The systemd driver writes the uid with underscores.
+            id.pod_uid = uid.replace('_', "-");
+        } else if !id.pod_uid.is_empty() {
+            if let Some(container) = container_id(s) {
+                id.container_id = container;
+            }
+        }
+    }
+}
+
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope`, or
+/// a bare 64-hex id (cgroupfs driver). Not CRI-O's `crio-conmon-*`.
+fn container_id(segment: &str) -> Option<String> {
+    let bare = segment.strip_suffix(".scope").unwrap_or(segment);
+    let hex = ["cri-containerd-", "crio-", "docker-"]
+        .iter()
+        .find_map(|p| bare.strip_prefix(p))
+        .unwrap_or(bare);
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_string())
+}
+
+/// libvirt's `machine-qemu-<id>-<name>.scope` (systemd, `\x2d` escapes
+/// already undone) or `qemu-<id>-<name>.libvirt-qemu` (cgroupfs).
+fn libvirt_vm(segment: &str) -> Option<String> {
+    let rest = segment
+        .strip_prefix("machine-qemu-")
+        .and_then(|r| r.strip_suffix(".scope"))
+        .or_else(|| segment.strip_prefix("qemu-").and_then(|r| r.strip_suffix(".libvirt-qemu")))?;
+    let (number, name) = rest.split_once('-')?;
+    (number.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty()).then(|| name.to_string())
+}
+
+/// The guest name of a QEMU process (`-name guest=<name>,...` or
+/// `-name <name>`), for VMs whose cgroup path does not name them (KubeVirt's
+/// virt-launcher pods). KubeVirt names guests `<namespace>_<vm>`.
+pub fn qemu_guest_name(cmdline: &[String]) -> Option<String> {
+    let is_qemu = cmdline.first().is_some_and(|argv0| argv0.rsplit('/').next().is_some_and(|b| b.starts_with("qemu")));
+    if !is_qemu {
+        return None;
+    }
+    let value = cmdline.iter().skip_while(|a| *a != "-name").nth(1)?;
+    let name = value
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("guest="))
+        .or_else(|| value.split(',').next().filter(|v| !v.contains('=')))?;
+    Some(name.split_once('_').map_or(name, |(_, vm)| vm).to_string())
+}
+
+/// Undo systemd's unit-name escaping (`\x2d` is `-`).
+fn unescape_systemd(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    let mut rest = segment;
+    while let Some(i) = rest.find("\\x") {
+        out.push_str(&rest[..i]);
+        let hex = rest.get(i + 2..i + 4).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(byte) => {
+                out.push(byte as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push_str("\\x");
+                rest = &rest[i + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "3c2a5f26-0d1a-4b6e-9c2e-0a1b2c3d4e5f";
+    const CID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+    fn pod(qos: &str) -> Identity {
+        Identity { pod_uid: UID.into(), container_id: CID.into(), qos: qos.into(), vm: String::new() }
+    }
+
+    #[test]
+    fn kubelet_systemd_driver_every_qos_and_runtime() {
+        let u = UID.replace('-', "_");
+        for runtime in ["cri-containerd", "crio", "docker"] {
+            assert_eq!(
+                identify(&format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/{runtime}-{CID}.scope")),
+                pod("burstable"),
+                "{runtime}"
+            );
+        }
+        assert_eq!(
+            identify(&format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{CID}.scope")),
+            pod("besteffort")
+        );
+        assert_eq!(identify(&format!("kubepods.slice/kubepods-pod{u}.slice/crio-{CID}.scope")), pod("guaranteed"));
+        // kind / minikube nest the kubelet's slice.
+        assert_eq!(
+            identify(&format!("kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{u}.slice/cri-containerd-{CID}.scope")),
+            pod("burstable")
+        );
+        // CRI-O's conmon is not the container.
+        let conmon = identify(&format!("kubepods.slice/kubepods-pod{u}.slice/crio-conmon-{CID}.scope"));
+        assert_eq!((conmon.pod_uid.as_str(), conmon.container_id.as_str()), (UID, ""));
+    }
+
+    #[test]
+    fn kubelet_cgroupfs_driver() {
+        assert_eq!(identify(&format!("kubepods/burstable/pod{UID}/{CID}")), pod("burstable"));
+        assert_eq!(identify(&format!("kubepods/besteffort/pod{UID}/{CID}")), pod("besteffort"));
+        assert_eq!(identify(&format!("kubepods/pod{UID}/{CID}")), pod("guaranteed"));
+        let pod_only = identify(&format!("kubepods/pod{UID}"));
+        assert_eq!((pod_only.pod_uid.as_str(), pod_only.container_id.as_str()), (UID, ""));
+    }
+
+    #[test]
+    fn libvirt_machines() {
+        assert_eq!(identify("machine.slice/machine-qemu\\x2d1\\x2dvm1.scope").vm, "vm1");
+        assert_eq!(identify("machine.slice/machine-qemu\\x2d12\\x2dweb\\x2dfront.scope/libvirt/vcpu0").vm, "web-front");
+        assert_eq!(identify("machine/qemu-3-db.libvirt-qemu/emulator").vm, "db");
+        assert_eq!(identify("system.slice/libvirtd.service"), Identity::default());
+        assert_eq!(identify("machine.slice/machine-lxc\\x2d1\\x2dct.scope"), Identity::default());
+    }
+
+    #[test]
+    fn kubevirt_guest_names() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let launcher = args(&["/usr/libexec/qemu-kvm", "-name", "guest=default_testvm,debug-threads=on", "-m", "1024"]);
+        assert_eq!(qemu_guest_name(&launcher).as_deref(), Some("testvm"));
+        assert_eq!(qemu_guest_name(&args(&["qemu-system-x86_64", "-name", "vm7"])).as_deref(), Some("vm7"));
+        assert_eq!(qemu_guest_name(&args(&["/bin/sleep", "-name", "x"])), None);
+        assert_eq!(qemu_guest_name(&args(&["qemu-kvm", "-m", "1"])), None);
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(unescape_systemd("a\\x2db\\x2"), "a-b\\x2");
+    }
+}
