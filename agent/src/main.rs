@@ -2,6 +2,7 @@
 
 mod agent;
 mod cgroupfs;
+mod explain;
 mod http;
 mod labels;
 mod limits;
@@ -11,6 +12,7 @@ mod probe;
 mod set;
 mod snapshot;
 mod status;
+mod top;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,14 +77,42 @@ enum Command {
         value: String,
         #[arg(long, default_value = mirror::DEFAULT_ROOT)]
         mirror_root: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Switch between monitor and enforce mode, keeping every count.
-    Mode { mode: Mode },
+    Mode {
+        mode: Mode,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the cgroup tree with pinned bytes per source.
     Status {
         /// Show every cgroup, not just those with pins.
         #[arg(long)]
         all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The busiest cgroups, refreshed in place.
+    Top {
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many refreshes (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        iterations: u64,
+        /// How many cgroups to show.
+        #[arg(long, default_value_t = 20)]
+        rows: usize,
+        /// One JSON line per refresh.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which objects pin what, for a process (pid) or a cgroup (path).
+    Explain {
+        /// A pid, or a cgroup path such as `/machine.slice/vm-1.scope`.
+        subject: String,
         #[arg(long)]
         json: bool,
     },
@@ -92,7 +122,10 @@ enum Command {
         json: bool,
     },
     /// Detach every program and drop the pinned ledger.
-    Unload,
+    Unload {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -141,6 +174,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Top { interval_ms, iterations, rows, json } => {
+            let sampler = agent::Sampler::new(Ledger::open(&pins()?)?, cgroup_root()?, Vec::new());
+            top::run(&sampler, Duration::from_millis(interval_ms.max(50)), iterations, rows, json)
+        }
+        Command::Explain { subject, json } => {
+            let ledger = Ledger::open(&pins()?)?;
+            let tree = cgroupfs::CgroupTree::scan(&cgroup_root()?)?;
+            let objects = ledger.objects()?;
+            let rows = explain::select(&objects, &tree, &explain::Subject::parse(&subject), explain::boottime_ns());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&explain::render_json(&rows))?);
+            } else {
+                print!("{}", explain::render_table(&rows));
+            }
+            Ok(())
+        }
         Command::Probe { json } => {
             let hooks = loader::probe(&KernelBtf::load()?);
             if json {
@@ -150,16 +199,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Set { cgroup, key, value, mirror_root } => {
-            let paths = pins()?;
-            println!("{}", set::run(&paths, &mirror_root, &cgroup, key, &value)?);
+        Command::Set { cgroup, key, value, mirror_root, json } => {
+            let outcome = set::run(&pins()?, &mirror_root, &cgroup, key, &value)?;
+            if json {
+                println!("{}", outcome.to_json());
+            } else {
+                println!("{outcome}");
+            }
             Ok(())
         }
-        Command::Mode { mode } => {
+        Command::Mode { mode, json } => {
             Ledger::open(&pins()?)?.set_mode(mode)?;
-            println!("mode {mode}: in force now");
+            if json {
+                println!("{}", serde_json::json!({"mode": mode.to_string()}));
+            } else {
+                println!("mode {mode}: in force now");
+            }
             Ok(())
         }
-        Command::Unload => Ok(loader::unload(&pins()?)?),
+        Command::Unload { json } => {
+            let paths = pins()?;
+            loader::unload(&paths)?;
+            if json {
+                println!("{}", serde_json::json!({"unloaded": paths.root()}));
+            } else {
+                println!("detached every pincg program and dropped the ledger at {}", paths.root().display());
+            }
+            Ok(())
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! orchestrator would write, then wait until the BPF programs enforce it.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -32,8 +32,38 @@ impl Key {
     }
 }
 
-/// Validate, write, wait; the message says what is now in force.
-pub fn run(pins: &PinPaths, mirror_root: &Path, cgroup: &str, key: Key, value: &str) -> anyhow::Result<String> {
+/// What `set` did.
+pub struct Outcome {
+    pub file: PathBuf,
+    pub value: String,
+    /// How long the agent took to put it in force; `None` if the cgroup
+    /// does not exist yet.
+    pub in_force_after: Option<Duration>,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.in_force_after {
+            Some(t) => write!(f, "{}: {}, in force after {} ms", self.file.display(), self.value, t.as_millis()),
+            None => write!(
+                f,
+                "{}: {}; the cgroup does not exist yet, the limit applies when it appears",
+                self.file.display(),
+                self.value
+            ),
+        }
+    }
+}
+
+impl Outcome {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"file": self.file, "value": self.value,
+                           "in_force_after_ms": self.in_force_after.map(|t| t.as_millis() as u64)})
+    }
+}
+
+/// Validate, write, wait until the kernel enforces it.
+pub fn run(pins: &PinPaths, mirror_root: &Path, cgroup: &str, key: Key, value: &str) -> anyhow::Result<Outcome> {
     let rel = cgroup.trim_matches('/');
     // Refuse bad values here, with the reason, rather than in the agent's log.
     let canonical = match key {
@@ -44,21 +74,13 @@ pub fn run(pins: &PinPaths, mirror_root: &Path, cgroup: &str, key: Key, value: &
     replace_file(&file, &format!("{canonical}\n")).with_context(|| format!("writing {}", file.display()))?;
     let cgroup_dir = pins.cgroup_root().join(rel);
     let Ok(meta) = std::fs::metadata(&cgroup_dir) else {
-        return Ok(format!(
-            "wrote {}: {canonical}; cgroup {} does not exist yet, the limit applies when it appears",
-            file.display(),
-            cgroup_dir.display()
-        ));
+        return Ok(Outcome { file, value: canonical, in_force_after: None });
     };
     let ledger = Ledger::open(pins)?;
     let started = Instant::now();
     loop {
         if ledger.limits()?.get(&meta.ino()).is_some_and(|l| shows(l, key, &canonical)) || canonical_is_default(key, &canonical, &ledger, meta.ino())? {
-            return Ok(format!(
-                "pins.{} of /{rel}: {canonical}, in force after {} ms",
-                key.file().name().trim_start_matches("pins."),
-                started.elapsed().as_millis()
-            ));
+            return Ok(Outcome { file, value: canonical, in_force_after: Some(started.elapsed()) });
         }
         if started.elapsed() > IN_FORCE_TIMEOUT {
             bail!(

@@ -50,6 +50,20 @@ pub fn run() -> Result<()> {
     expect_status_row(&status, "a", "64.0 MiB")?;
     expect_status_row(&status, "b", "32.0 MiB")?;
 
+    step("pincg explain and pincg top name the objects and the busiest cgroups");
+    let explained = pincg(&["explain", &root.pid().to_string()])?;
+    print!("{explained}");
+    ensure!(explained.ends_with("1 objects, 64.0 MiB pinned\n"), "explain by pid");
+    ensure!(explained.lines().any(|l| l.starts_with("io_uring ") && l.ends_with("/pincg-test/a")));
+    let by_cgroup = pincg(&["explain", "/pincg-test"])?;
+    ensure!(by_cgroup.ends_with("3 objects, 96.0 MiB pinned\n"), "explain by cgroup:\n{by_cgroup}");
+    let json: serde_json::Value = serde_json::from_str(&pincg(&["explain", "--json", "/pincg-test/b"])?)?;
+    ensure!(json.as_array().map(Vec::len) == Some(2), "explain --json: {json}");
+    let top = pincg(&["top", "--iterations", "1"])?;
+    print!("{top}");
+    let order: Vec<&str> = top.lines().filter_map(|l| l.split_whitespace().last()).filter(|c| c.starts_with("/pincg-test")).collect();
+    ensure!(order == ["/pincg-test", "/pincg-test/a", "/pincg-test/b"], "top order {order:?}");
+
     step("the charge stays with a when the pinner moves to c");
     moved_to.add(root.pid())?;
     std::thread::sleep(std::time::Duration::from_millis(300));
