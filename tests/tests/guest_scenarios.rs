@@ -61,3 +61,15 @@ fn budget_refused_at_exactly_the_byte() {
 fn overrun_actions_and_high_crossings() {
     scenario("actions", Guest::default());
 }
+
+#[test]
+fn prometheus_scrapes_the_agent() {
+    scenario("prometheus", Guest::default());
+}
+
+/// On the custom kernel with iommufd, built by the harness on first use
+/// (about 15 minutes on 2 cores) and cached.
+#[test]
+fn iommufd_end_to_end() {
+    scenario("iommufd", Guest { series: "iommufd".into(), vfio: true, ..Guest::default() });
+}

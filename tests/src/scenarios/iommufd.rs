@@ -2,12 +2,13 @@
 //! IOAS_MAP through the `edu` device's VFIO cdev is charged exactly under
 //! `iommufd`; IOAS_COPY of the same range adds nothing; UNMAP and close
 //! return the charge; the CAP_IPC_LOCK (no accounting), user and mm
-//! accounting modes are all counted the same.
+//! accounting modes are all counted the same; IOAS_MAP over budget is
+//! refused.
 
 use anyhow::Result;
 
 use crate::devices::vfio_edu_cdev;
-use crate::scenario::{expect_hook, expect_no_drift, step, Agent, Cgroup, Workload};
+use crate::scenario::{expect_hook, expect_no_drift, pincg, step, Agent, Cgroup, Workload};
 
 const MIB: u64 = 1 << 20;
 
@@ -59,5 +60,18 @@ pub fn run() -> Result<()> {
         tenant.exit()?;
         cg.expect_current(0)?;
     }
-    expect_no_drift()
+    expect_no_drift()?;
+
+    step("enforce: IOAS_MAP over a 32 MiB budget is refused before pinning");
+    println!("   {}", pincg(&["mode", "enforce"])?.trim());
+    println!("   {}", pincg(&["set", "/pincg-iommufd", "max", "32M"])?.trim());
+    let mut vmm = Workload::spawn("limited-vmm", &cg, &["iommufd"])?;
+    for command in ["open", "ioas", &format!("attach {cdev}")] {
+        vmm.run(command)?;
+    }
+    vmm.expect_err("map 0 0x100000 64M", "Cannot allocate memory")?;
+    vmm.run("map 0 0x100000 32M")?;
+    cg.expect_current(32 * MIB)?;
+    vmm.run("close")?;
+    cg.expect_current(0)
 }
