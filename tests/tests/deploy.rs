@@ -483,3 +483,26 @@ fn alerts_query_only_known_metrics() {
         assert!(test.contains(&format!("alertname: {alert}")), "pincg-rules.test.yaml does not test {alert}");
     }
 }
+
+/// The libvirt hook writes guest memory plus overhead as pins.max, under the
+/// scope libvirt will create (systemd escaping), before the cgroup exists.
+#[test]
+fn libvirt_hook_writes_the_vm_budget() {
+    let mirror = std::env::temp_dir().join(format!("pincg-libvirt-hook-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&mirror);
+    let xml = "<domain type='kvm' id='12'><name>db-1</name><memory unit='GiB'>16</memory>\
+               <resource><partition>/machine/tenant-a</partition></resource></domain>";
+    let mut child = Command::new(workspace_root().join("deploy/libvirt/qemu"))
+        .args(["db-1", "start", "begin", "-"])
+        .env("PINCG_MIRROR_ROOT", &mirror)
+        .env("PINCG_OVERHEAD", "512M")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("the hook runs (python3)");
+    use std::io::Write;
+    child.stdin.take().expect("piped").write_all(xml.as_bytes()).expect("stdin");
+    assert!(child.wait().expect("hook exits").success());
+    let file = mirror.join("machine.slice/machine-tenant\\x2da.slice/machine-qemu\\x2d12\\x2ddb\\x2d1.scope/pins.max");
+    assert_eq!(std::fs::read_to_string(&file).expect("pins.max written"), format!("{}\n", (16u64 << 30) + (512 << 20)));
+    std::fs::remove_dir_all(&mirror).expect("cleanup");
+}
