@@ -73,3 +73,8 @@ fn prometheus_scrapes_the_agent() {
 fn iommufd_end_to_end() {
     scenario("iommufd", Guest { series: "iommufd".into(), vfio: true, ..Guest::default() });
 }
+
+#[test]
+fn sigkill_mid_storm_loses_nothing() {
+    scenario("storm", Guest { vfio: true, ..Guest::default() });
+}

@@ -6,7 +6,9 @@ pub mod demo;
 pub mod io_uring;
 pub mod iommufd;
 pub mod owner;
+pub mod prometheus;
 pub mod rdma;
+pub mod storm;
 pub mod refusal;
 pub mod vfio;
 pub mod xdp;
@@ -23,4 +25,6 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("budget", budget::run),
     ("actions", actions::run),
     ("iommufd", iommufd::run),
+    ("storm", storm::run),
+    ("prometheus", prometheus::run),
 ];

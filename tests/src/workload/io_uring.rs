@@ -86,6 +86,16 @@ impl super::Pinner for Rings {
                 Ok(())
             }
             ("unregister", []) => register(self.main()?, IORING_UNREGISTER_BUFFERS, std::ptr::null(), 0),
+            // `churn N SIZE`: register and unregister one buffer N times.
+            ("churn", [n, size]) => {
+                let n: u64 = n.parse().map_err(|_| format!("bad count {n:?}"))?;
+                let iov = [buffer(parse_size(size)?)?];
+                for _ in 0..n {
+                    register(self.main()?, IORING_REGISTER_BUFFERS, iov.as_ptr().cast(), 1)?;
+                    register(self.main()?, IORING_UNREGISTER_BUFFERS, std::ptr::null(), 0)?;
+                }
+                Ok(())
+            }
             ("close", []) => {
                 self.main = None;
                 self.clone = None;
