@@ -31,7 +31,6 @@ pub fn identify(path: &str) -> Identity {
 /// `kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`
 /// or (cgroupfs driver) `burstable/pod<uid>/<id>`.
 fn kubernetes(below: &[String], id: &mut Identity) {
-    id.qos = "guaranteed".into();
     for s in below {
         // `kubepods-burstable-pod<uid>.slice` (or kind's `kubelet-kubepods-…`)
         // and `burstable/pod<uid>` alike, as words split on '-' and '/'.
@@ -44,8 +43,12 @@ fn kubernetes(below: &[String], id: &mut Identity) {
         }
         let pod = words.strip_prefix("pod").or_else(|| words.split_once("-pod").map(|(_, uid)| uid));
         if let Some(uid) = pod {
-            // The systemd driver writes the uid with underscores.
+            // The systemd driver writes the uid with underscores. A pod
+            // outside the burstable and besteffort slices is guaranteed.
             id.pod_uid = uid.replace('_', "-");
+            if id.qos.is_empty() {
+                id.qos = "guaranteed".into();
+            }
         } else if !id.pod_uid.is_empty() {
             if let Some(container) = container_id(s) {
                 id.container_id = container;
@@ -155,6 +158,8 @@ mod tests {
         assert_eq!(identify(&format!("kubepods/burstable/pod{UID}/{CID}")), pod("burstable"));
         assert_eq!(identify(&format!("kubepods/besteffort/pod{UID}/{CID}")), pod("besteffort"));
         assert_eq!(identify(&format!("kubepods/pod{UID}/{CID}")), pod("guaranteed"));
+        assert_eq!(identify("kubepods.slice"), Identity::default(), "the parent of every QoS class");
+        assert_eq!(identify("kubepods.slice/kubepods-besteffort.slice").qos, "besteffort");
         let pod_only = identify(&format!("kubepods/pod{UID}"));
         assert_eq!((pod_only.pod_uid.as_str(), pod_only.container_id.as_str()), (UID, ""));
     }

@@ -30,7 +30,7 @@ const CONTAINER_ID: &str = "4d9a8c3e2b1f0a6d5c4b3a2918f7e6d5c4b3a2918f7e6d5c4b3a
 const PROMETHEUS_ADDR: &str = "127.0.0.1:9090";
 const PROMETHEUS_DIR: &str = "/tmp/pincg-prometheus";
 /// Prometheus under TCG: a 50 MB Go binary read over 9p, then the TSDB.
-const PROMETHEUS_START: Duration = Duration::from_secs(90);
+const PROMETHEUS_START: Duration = Duration::from_secs(60);
 const PROMETHEUS_SETTLE: Duration = Duration::from_secs(30);
 
 /// Grafana's built-in interval variables and what stands for them (as in
@@ -89,8 +89,8 @@ pub fn run() -> Result<()> {
     ensure!(out.status.success(), "promtool check config failed ({})", out.status);
 
     step("start Prometheus on 127.0.0.1:9090");
-    let prometheus = Prometheus::start(&config)?;
-    let result = with_prometheus(&vm_label, &pod_label);
+    let mut prometheus = Prometheus::start(&config)?;
+    let result = with_prometheus(&mut prometheus, &vm_label, &pod_label);
     if result.is_err() {
         let _ = print_scrape_health();
         println!("--- prometheus log ---\n{}", prometheus.log_text());
@@ -102,21 +102,29 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn with_prometheus(vm_label: &str, pod_label: &str) -> Result<()> {
+fn with_prometheus(prometheus: &mut Prometheus, vm_label: &str, pod_label: &str) -> Result<()> {
     let started = Instant::now();
-    wait_for_within("Prometheus answers /-/ready", PROMETHEUS_START, || match http_get_from(PROMETHEUS_ADDR, "/-/ready") {
-        Ok((status, body)) => (status == 200, format!("HTTP {status}: {}", body.trim())),
-        Err(e) => (false, e.to_string()),
-    })?;
+    loop {
+        if let Some(status) = prometheus.child.try_wait()? {
+            bail!("prometheus exited with {status} before it was ready");
+        }
+        match http_get_from(PROMETHEUS_ADDR, "/-/ready") {
+            Ok((200, _)) => break,
+            Ok(_) | Err(_) if started.elapsed() < PROMETHEUS_START => std::thread::sleep(Duration::from_millis(100)),
+            other => bail!("prometheus not ready after {PROMETHEUS_START:?}: {other:?}"),
+        }
+    }
+    println!("   ok Prometheus answers /-/ready (after {} ms)", started.elapsed().as_millis());
     let ready = started.elapsed();
+    // The first scrape comes about 5 s after ready: Prometheus hands
+    // discovered targets to the scrape manager at most every 5 s.
     wait_for_within("target 127.0.0.1:9578 of job pincg is up", PROMETHEUS_SETTLE, || {
         match api("/api/v1/targets?state=active") {
             Ok(data) => {
                 let targets = data["activeTargets"].as_array().cloned().unwrap_or_default();
                 let pincg = targets.iter().find(|t| t["labels"]["job"] == "pincg");
-                let seen = pincg.map_or("no pincg target".to_string(), |t| {
-                    format!("health {} {}", t["health"], t["lastError"])
-                });
+                let seen = pincg
+                    .map_or("no pincg target".to_string(), |t| format!("health {} {}", t["health"], t["lastError"]));
                 (pincg.is_some_and(|t| t["health"] == "up"), seen)
             }
             Err(e) => (false, e.to_string()),
@@ -142,13 +150,12 @@ fn with_prometheus(vm_label: &str, pod_label: &str) -> Result<()> {
             Err(e) => (false, e.to_string()),
         }
     })?;
-    let at = Some(at.as_str());
     println!(
-        "   Prometheus ready {} ms after start, 3 scrapes stored after {} ms; queries at T = {}",
+        "   Prometheus ready {} ms after start, 3 scrapes stored after {} ms; queries at T = {at}",
         ready.as_millis(),
         started.elapsed().as_millis(),
-        at.unwrap_or_default()
     );
+    let at = Some(at.as_str());
 
     step("the API has the exact bytes of the VM and of the pod's container");
     expect_one_series(r#"pincg_pinned_bytes{cgroup=~".*vm1.*",source="io_uring"}"#, at, vm_label, 64 * MIB)?;
@@ -184,7 +191,10 @@ fn with_prometheus(vm_label: &str, pod_label: &str) -> Result<()> {
         let selects_cgroup = expr.contains("$cgroup") || expr.contains("${cgroup}");
         for s in found.iter().filter(|_| selects_cgroup) {
             if let Some(label) = s["metric"]["cgroup"].as_str() {
-                ensure!(label == vm_label, "dashboard {where_} with the VM selected returned cgroup {label:?}: {promql}");
+                ensure!(
+                    label == vm_label,
+                    "dashboard {where_} with the VM selected returned cgroup {label:?}: {promql}"
+                );
                 vm_series += 1;
             }
         }
@@ -220,7 +230,11 @@ fn with_prometheus(vm_label: &str, pod_label: &str) -> Result<()> {
         let name = rule["name"].as_str().unwrap_or("?");
         let expr = rule["query"].as_str().context("a rule without a query")?;
         let data = query(expr, at).with_context(|| format!("alert {name}"))?;
-        println!("   {:>3} series  alert {name} ({}): {expr}", series(&data).len(), rule["state"].as_str().unwrap_or("?"));
+        println!(
+            "   {:>3} series  alert {name} ({}): {expr}",
+            series(&data).len(),
+            rule["state"].as_str().unwrap_or("?")
+        );
     }
 
     step("scrape health");
@@ -410,11 +424,7 @@ fn grafana_substitute(expr: &str, values: &[(&str, &str)]) -> String {
             rest = after;
             continue;
         }
-        let value = GRAFANA_BUILTINS
-            .iter()
-            .chain(values.iter())
-            .find(|(n, _)| *n == name)
-            .map_or(".*", |(_, v)| *v);
+        let value = GRAFANA_BUILTINS.iter().chain(values.iter()).find(|(n, _)| *n == name).map_or(".*", |(_, v)| *v);
         out.push_str(value);
         rest = &body[len + usize::from(braced)..];
     }
