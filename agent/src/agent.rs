@@ -1,14 +1,14 @@
 //! `pincg agent`: load the BPF side, then keep the mirror tree, the limits
 //! in force and the metrics in line with the ledger.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pincg_bpf::ledger::{Ledger, Mode, PinObject};
+use pincg_bpf::ledger::{Ledger, Mode};
 use pincg_bpf::loader::{self, HookState, HookStatus};
 use pincg_bpf::paths::PinPaths;
 use pincg_bpf::preflight;
@@ -42,11 +42,14 @@ pub struct Sampler {
     ledger: Ledger,
     cgroup_root: PathBuf,
     hooks: Vec<HookStatus>,
+    /// VM names found in pod cgroups, with the local bytes they were found
+    /// at: looked up again only when a pod cgroup's pins change.
+    pod_vms: HashMap<u64, (u64, String)>,
 }
 
 impl Sampler {
     pub fn new(ledger: Ledger, cgroup_root: PathBuf, hooks: Vec<HookStatus>) -> Sampler {
-        Sampler { ledger, cgroup_root, hooks }
+        Sampler { ledger, cgroup_root, hooks, pod_vms: HashMap::new() }
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -55,7 +58,8 @@ impl Sampler {
 
     /// Read the ledger and the cgroup tree into one snapshot, and drop the
     /// usage entries of removed cgroups that have nothing charged.
-    pub fn sample(&self) -> anyhow::Result<Snapshot> {
+    pub fn sample(&mut self) -> anyhow::Result<Snapshot> {
+        let started = Instant::now();
         let tree = CgroupTree::scan(&self.cgroup_root)
             .with_context(|| format!("reading the cgroup tree at {}", self.cgroup_root.display()))?;
         let usage = self.ledger.usage()?;
@@ -64,18 +68,50 @@ impl Sampler {
                 self.ledger.forget_cgroup(u.cgroup)?;
             }
         }
-        let objects = self.ledger.objects()?;
         let mut rows = Snapshot::build(&tree, &usage, &self.ledger.limits()?);
-        name_vms_in_pods(&mut rows, &objects);
+        self.name_vms_in_pods(&mut rows)?;
+        let counters = self.ledger.counters()?;
         Ok(Snapshot {
             rows,
             hooks: self.hooks.clone(),
-            counters: self.ledger.counters()?,
-            objects: objects.len(),
+            objects: counters.live_objects(),
+            counters,
             mode: Some(self.ledger.mode()?),
             actions: self.ledger.actions()?,
             limit_errors: 0,
+            sample_duration: started.elapsed(),
         })
+    }
+
+    /// A pod's cgroup path does not name the VM it runs (KubeVirt's
+    /// virt-launcher): take the guest name from the cmdline of a QEMU
+    /// process that pinned memory in it. The ledger's objects are read only
+    /// when a pod cgroup's pins changed.
+    fn name_vms_in_pods(&mut self, rows: &mut [CgroupRow]) -> anyhow::Result<()> {
+        let pods = |r: &CgroupRow| !r.identity.pod_uid.is_empty() && r.identity.vm.is_empty() && r.local.total() > 0;
+        let stale = rows
+            .iter()
+            .filter(|r| pods(r))
+            .any(|r| self.pod_vms.get(&r.id).is_none_or(|(bytes, _)| *bytes != r.local.total()));
+        if stale {
+            let objects = self.ledger.objects()?;
+            self.pod_vms.clear();
+            for row in rows.iter().filter(|r| pods(r)) {
+                let vm = objects
+                    .iter()
+                    .filter(|o| o.cgroup == row.id)
+                    .filter_map(|o| procfs::process::Process::new(o.tgid as i32).ok()?.cmdline().ok())
+                    .find_map(|cmdline| qemu_guest_name(&cmdline))
+                    .unwrap_or_default();
+                self.pod_vms.insert(row.id, (row.local.total(), vm));
+            }
+        }
+        for row in rows.iter_mut().filter(|r| pods(r)) {
+            if let Some((_, vm)) = self.pod_vms.get(&row.id) {
+                row.identity.vm = vm.clone();
+            }
+        }
+        Ok(())
     }
 
     /// Attach hooks whose module appeared, drop those whose module went.
@@ -93,22 +129,6 @@ impl Sampler {
     }
 }
 
-/// A pod's cgroup path does not name the VM it runs (KubeVirt's
-/// virt-launcher): take the guest name from the cmdline of a QEMU process
-/// that pinned memory in it.
-fn name_vms_in_pods(rows: &mut [CgroupRow], objects: &[PinObject]) {
-    for row in rows.iter_mut().filter(|r| !r.identity.pod_uid.is_empty() && r.identity.vm.is_empty()) {
-        let name = objects
-            .iter()
-            .filter(|o| o.cgroup == row.id)
-            .filter_map(|o| procfs::process::Process::new(o.tgid as i32).ok()?.cmdline().ok())
-            .find_map(|cmdline| qemu_guest_name(&cmdline));
-        if let Some(vm) = name {
-            row.identity.vm = vm;
-        }
-    }
-}
-
 /// One round: limits from the mirror into BPF, then a snapshot into the
 /// mirror, then the agent-side action (freeze).
 struct Round {
@@ -119,6 +139,27 @@ struct Round {
 }
 
 impl Round {
+    /// Run a round every `interval` and check module hooks every
+    /// [`MODULE_POLL`], forever. One bad round (a cgroup vanishing mid-walk,
+    /// a full disk) is logged and retried; it never stops the agent.
+    fn repeat(mut self, interval: Duration, pins: &PinPaths, shared: &Shared) {
+        let mut modules_checked = Instant::now();
+        loop {
+            let started = Instant::now();
+            if modules_checked.elapsed() >= MODULE_POLL {
+                modules_checked = Instant::now();
+                if let Err(e) = self.sampler.refresh_hooks(pins) {
+                    log(&format!("{e:#}"));
+                }
+            }
+            match self.run() {
+                Ok(snapshot) => *shared.write().expect("snapshot lock is never poisoned") = Arc::new(snapshot),
+                Err(e) => log(&format!("{e:#}")),
+            }
+            std::thread::sleep(interval.saturating_sub(started.elapsed()));
+        }
+    }
+
     fn run(&mut self) -> anyhow::Result<Snapshot> {
         let mut snapshot = self.sampler.sample()?;
         let live: HashSet<u64> = snapshot.rows.iter().filter(|r| r.path.is_some()).map(|r| r.id).collect();
@@ -190,29 +231,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.listen
     ));
 
-    let mut tick = tokio::time::interval(opts.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut modules = tokio::time::interval(MODULE_POLL);
+    // Rounds run on their own thread, so a slow round on a large node never
+    // delays a scrape: the endpoint serves the latest finished snapshot.
+    let rounds = shared.clone();
+    let pins = opts.pins.clone();
+    std::thread::Builder::new()
+        .name("pincg-rounds".into())
+        .spawn(move || round.repeat(opts.interval, &pins, &rounds))
+        .context("starting the round thread")?;
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = modules.tick() => {
-                if let Err(e) = round.sampler.refresh_hooks(&opts.pins) {
-                    log(&format!("{e:#}"));
-                }
-                continue;
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-        // One bad round (a cgroup vanishing mid-walk, a full disk) is logged
-        // and retried next tick; it never stops the agent.
-        match round.run() {
-            Ok(snapshot) => *shared.write().expect("snapshot lock is never poisoned") = Arc::new(snapshot),
-            Err(e) => log(&format!("{e:#}")),
-        }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
     log("stopping; BPF programs, the ledger and the limits stay pinned under the pin root");
     Ok(())

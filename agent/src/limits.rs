@@ -28,11 +28,19 @@ pub struct LimitFileError {
     pub reason: String,
 }
 
+/// What identifies a version of a file without reading it.
+type Stamp = (u64, i64, i64, u64);
+
 /// The limits last put in force, and the errors already reported.
 #[derive(Default)]
 pub struct Limits {
     in_force: HashMap<u64, CgroupLimit>,
     reported: HashMap<PathBuf, String>,
+    /// Each limit file's content as last read, by its stamp: a file is read
+    /// again only when it changed (a stat per file per round, not a read).
+    seen: HashMap<PathBuf, (Stamp, Result<String, String>)>,
+    /// The mirror directory of each cgroup synced, to forget its files.
+    dirs: HashMap<u64, PathBuf>,
     /// Bad files seen since start, for the metrics.
     pub errors: u64,
 }
@@ -41,6 +49,9 @@ impl Limits {
     /// Read the limit files of `cgroup` (mirror directory `dir`) and put
     /// what changed in force.
     pub fn sync(&mut self, ledger: &Ledger, cgroup: u64, dir: &Path) {
+        if !self.dirs.contains_key(&cgroup) {
+            self.dirs.insert(cgroup, dir.to_path_buf());
+        }
         let previous = self.in_force.get(&cgroup).copied().unwrap_or(NO_LIMIT);
         let max = self.read(dir, InterfaceFile::Max, parse_limit, previous.max);
         let high = self.read(dir, InterfaceFile::High, parse_limit, previous.high);
@@ -58,8 +69,13 @@ impl Limits {
         }
     }
 
-    /// Forget a removed cgroup's limit (its BPF entry goes with it).
+    /// Forget a removed cgroup: its limit (the BPF entry goes with it) and
+    /// what was read of its files.
     pub fn forget(&mut self, ledger: &Ledger, cgroup: u64) {
+        if let Some(dir) = self.dirs.remove(&cgroup) {
+            self.seen.retain(|path, _| !path.starts_with(&dir));
+            self.reported.retain(|path, _| !path.starts_with(&dir));
+        }
         if self.in_force.remove(&cgroup).is_some() {
             if let Err(e) = ledger.set_limit(cgroup, &NO_LIMIT) {
                 log(&format!("removing the limit of removed cgroup {cgroup}: {e}"));
@@ -67,8 +83,9 @@ impl Limits {
         }
     }
 
+    /// Every cgroup synced and not forgotten.
     pub fn cgroups(&self) -> impl Iterator<Item = u64> + '_ {
-        self.in_force.keys().copied()
+        self.dirs.keys().copied()
     }
 
     /// Parse one file; on any problem report it once and keep `previous`.
@@ -81,7 +98,7 @@ impl Limits {
         previous: T,
     ) -> T {
         let path = dir.join(file.name());
-        let result = read_small(&path).and_then(|text| match parse(&text) {
+        let result = self.read_changed(&path).and_then(|text| match parse(&text) {
             Ok(value) => Ok((value, text)),
             Err(e) => Err(e.to_string()),
         });
@@ -105,6 +122,27 @@ impl Limits {
                 previous
             }
         }
+    }
+}
+
+impl Limits {
+    fn read_changed(&mut self, path: &Path) -> Result<String, String> {
+        let stamp = fs::symlink_metadata(path).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.ino(), m.mtime(), m.mtime_nsec(), m.len())
+        });
+        let Some(stamp) = stamp else {
+            self.seen.remove(path);
+            return Err("missing".into());
+        };
+        if let Some((seen, content)) = self.seen.get(path) {
+            if *seen == stamp {
+                return content.clone();
+            }
+        }
+        let content = read_small(path);
+        self.seen.insert(path.to_path_buf(), (stamp, content.clone()));
+        content
     }
 }
 

@@ -163,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(agent::run(opts))
         }
         Command::Status { all, json } => {
-            let sampler = agent::Sampler::new(Ledger::open(&pins()?)?, cgroup_root()?, Vec::new());
+            let mut sampler = agent::Sampler::new(Ledger::open(&pins()?)?, cgroup_root()?, Vec::new());
             let snapshot = sampler.sample()?;
             let rows = status::visible(&snapshot, all);
             if json {
@@ -175,8 +175,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Top { interval_ms, iterations, rows, json } => {
-            let sampler = agent::Sampler::new(Ledger::open(&pins()?)?, cgroup_root()?, Vec::new());
-            top::run(&sampler, Duration::from_millis(interval_ms.max(50)), iterations, rows, json)
+            let mut sampler = agent::Sampler::new(Ledger::open(&pins()?)?, cgroup_root()?, Vec::new());
+            top::run(&mut sampler, Duration::from_millis(interval_ms.max(50)), iterations, rows, json)
         }
         Command::Explain { subject, json } => {
             let ledger = Ledger::open(&pins()?)?;

@@ -1,10 +1,15 @@
-//! Prometheus text exposition of a [`Snapshot`].
+//! Prometheus text exposition (format 0.0.4) of a [`Snapshot`].
 //!
-//! A fresh registry is filled from the snapshot at every scrape, so the
-//! series of a vanished cgroup disappear with it.
+//! Written directly into one string: a node with 10,000 cgroups has over
+//! 100,000 series, and building them through the `prometheus` crate's
+//! registry took seconds per scrape in the scale benchmark (see
+//! docs/performance.md). Every scrape renders the latest snapshot, so the
+//! series of a vanished cgroup disappear with it. Labels are written sorted
+//! by name, as Prometheus' own encoders do.
+
+use std::fmt::{Display, Write};
 
 use pincg_cgroup_spec::Limit;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::snapshot::{CgroupRow, Snapshot};
 
@@ -29,121 +34,155 @@ impl Filter {
     }
 }
 
-/// The labels of every per-cgroup series, in this order.
-const CGROUP_LABELS: [&str; 5] = ["cgroup", "pod_uid", "container_id", "qos", "vm"];
+/// Builds the exposition text, one metric family at a time.
+struct Exposition {
+    out: String,
+}
 
-fn cgroup_labels(row: &CgroupRow) -> [String; 5] {
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample; `labels` in any order (they are written sorted).
+    fn sample(&mut self, name: &str, labels: &mut [(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            labels.sort_unstable_by_key(|(k, _)| *k);
+            self.out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(key);
+                self.out.push_str("=\"");
+                for ch in value.chars() {
+                    match ch {
+                        '\\' => self.out.push_str("\\\\"),
+                        '"' => self.out.push_str("\\\""),
+                        '\n' => self.out.push_str("\\n"),
+                        c => self.out.push(c),
+                    }
+                }
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// The identity labels every per-cgroup series carries.
+fn cgroup_labels<'a>(row: &'a CgroupRow, label: &'a str) -> [(&'static str, &'a str); 5] {
     let id = &row.identity;
-    [row.label(), id.pod_uid.clone(), id.container_id.clone(), id.qos.clone(), id.vm.clone()]
+    [
+        ("cgroup", label),
+        ("pod_uid", id.pod_uid.as_str()),
+        ("container_id", id.container_id.as_str()),
+        ("qos", id.qos.as_str()),
+        ("vm", id.vm.as_str()),
+    ]
 }
 
 /// Render the snapshot as Prometheus text format 0.0.4.
 pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
-    let registry = Registry::new();
-    fill(&registry, snapshot, filter).expect("metric definitions are static and valid");
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
-        .expect("encoding to memory cannot fail");
-    String::from_utf8(out).expect("the text encoder writes UTF-8")
-}
+    let rows: Vec<(&CgroupRow, String)> =
+        snapshot.rows.iter().filter(|r| filter.keeps(r)).map(|r| (r, r.label())).collect();
+    let mut e = Exposition { out: String::with_capacity(rows.len() * 1200 + 4096) };
 
-fn fill(registry: &Registry, snapshot: &Snapshot, filter: &Filter) -> prometheus::Result<()> {
-    let pinned = IntGaugeVec::new(
-        Opts::new(
-            "pincg_pinned_bytes",
-            "Bytes of long-term pinned pages charged to the cgroup and its descendants, by source.",
-        ),
-        &[&CGROUP_LABELS[..], &["source"]].concat(),
-    )?;
-    let current = IntGaugeVec::new(
-        Opts::new("pincg_current_bytes", "pins.current: all sources, the cgroup and its descendants."),
-        &CGROUP_LABELS,
-    )?;
-    let peak = IntGaugeVec::new(Opts::new("pincg_peak_bytes", "pins.peak: the highest pins.current seen."), &CGROUP_LABELS)?;
-    let limit = IntGaugeVec::new(
-        Opts::new("pincg_limit_bytes", "pins.max in force; cgroups without a limit have no series."),
-        &CGROUP_LABELS,
-    )?;
-    let high = IntGaugeVec::new(
-        Opts::new("pincg_high_bytes", "pins.high in force; cgroups without one have no series."),
-        &CGROUP_LABELS,
-    )?;
-    let events = IntCounterVec::new(
-        Opts::new(
-            "pincg_events_total",
-            "pins.events: pins.high crossings (high) and requests refused or overruns at pins.max (max), in the cgroup and its descendants.",
-        ),
-        &[&CGROUP_LABELS[..], &["event"]].concat(),
-    )?;
-    for row in snapshot.rows.iter().filter(|r| filter.keeps(r)) {
-        let owned = cgroup_labels(row);
-        let c: Vec<&str> = owned.iter().map(String::as_str).collect();
-        let with = |extra: &'static str| [&c[..], &[extra]].concat();
-        current.with_label_values(&c).set(clamp(row.current()));
-        peak.with_label_values(&c).set(clamp(row.peak));
+    e.family(
+        "pincg_pinned_bytes",
+        "gauge",
+        "Bytes of long-term pinned pages charged to the cgroup and its descendants, by source.",
+    );
+    for (row, label) in &rows {
         for (source, bytes) in row.total.iter() {
-            pinned.with_label_values(&with(source.key())).set(clamp(bytes));
+            let mut l = [&cgroup_labels(row, label)[..], &[("source", source.key())]].concat();
+            e.sample("pincg_pinned_bytes", &mut l, bytes);
         }
-        events.with_label_values(&with("high")).inc_by(row.events.high);
-        events.with_label_values(&with("max")).inc_by(row.events.max);
-        if let Some(l) = &row.limit {
-            if let Limit::Bytes(b) = l.max {
-                limit.with_label_values(&c).set(clamp(b));
+    }
+    let per_cgroup: [(&str, &str, &str, fn(&CgroupRow) -> Option<u64>); 4] = [
+        ("pincg_current_bytes", "gauge", "pins.current: all sources, the cgroup and its descendants.", |r| {
+            Some(r.current())
+        }),
+        ("pincg_peak_bytes", "gauge", "pins.peak: the highest pins.current seen.", |r| Some(r.peak)),
+        ("pincg_limit_bytes", "gauge", "pins.max in force; cgroups without a limit have no series.", |r| {
+            match r.limit.map(|l| l.max) {
+                Some(Limit::Bytes(b)) => Some(b),
+                _ => None,
             }
-            if let Limit::Bytes(b) = l.high {
-                high.with_label_values(&c).set(clamp(b));
+        }),
+        ("pincg_high_bytes", "gauge", "pins.high in force; cgroups without one have no series.", |r| {
+            match r.limit.map(|l| l.high) {
+                Some(Limit::Bytes(b)) => Some(b),
+                _ => None,
+            }
+        }),
+    ];
+    for (name, kind, help, value) in per_cgroup {
+        e.family(name, kind, help);
+        for (row, label) in &rows {
+            if let Some(v) = value(row) {
+                e.sample(name, &mut cgroup_labels(row, label), v);
             }
         }
     }
+    e.family(
+        "pincg_events_total",
+        "counter",
+        "pins.events: pins.high crossings (high) and requests refused or overruns at pins.max (max), in the cgroup and its descendants.",
+    );
+    for (row, label) in &rows {
+        for (event, n) in [("high", row.events.high), ("max", row.events.max)] {
+            let mut l = [&cgroup_labels(row, label)[..], &[("event", event)]].concat();
+            e.sample("pincg_events_total", &mut l, n);
+        }
+    }
 
-    let refusals = IntCounterVec::new(
-        Opts::new(
-            "pincg_refusals_total",
-            "Pin requests over a pins.max at a refusal point: refused (enforce) or would_refuse (monitor).",
-        ),
-        &["source", "outcome"],
-    )?;
-    let overruns = IntCounterVec::new(
-        Opts::new("pincg_overruns_total", "Pins that took a cgroup over pins.max where nothing refused them."),
-        &["source"],
-    )?;
-    let kills = IntCounterVec::new(
-        Opts::new("pincg_kills_total", "Pinning tasks killed by the kill action."),
-        &["source"],
-    )?;
+    e.family(
+        "pincg_refusals_total",
+        "counter",
+        "Pin requests over a pins.max at a refusal point: refused (enforce) or would_refuse (monitor).",
+    );
     for (source, a) in &snapshot.actions {
-        refusals.with_label_values(&[source.key(), "refused"]).inc_by(a.refused);
-        refusals.with_label_values(&[source.key(), "would_refuse"]).inc_by(a.would_refuse);
-        overruns.with_label_values(&[source.key()]).inc_by(a.overruns);
-        kills.with_label_values(&[source.key()]).inc_by(a.killed);
+        for (outcome, n) in [("refused", a.refused), ("would_refuse", a.would_refuse)] {
+            e.sample("pincg_refusals_total", &mut [("source", source.key()), ("outcome", outcome)], n);
+        }
     }
-    let mode = IntGaugeVec::new(Opts::new("pincg_mode", "1 for the enforcement mode in force."), &["mode"])?;
+    e.family("pincg_overruns_total", "counter", "Pins that took a cgroup over pins.max where nothing refused them.");
+    for (source, a) in &snapshot.actions {
+        e.sample("pincg_overruns_total", &mut [("source", source.key())], a.overruns);
+    }
+    e.family("pincg_kills_total", "counter", "Pinning tasks killed by the kill action.");
+    for (source, a) in &snapshot.actions {
+        e.sample("pincg_kills_total", &mut [("source", source.key())], a.killed);
+    }
+    e.family("pincg_mode", "gauge", "1 for the enforcement mode in force.");
     if let Some(m) = snapshot.mode {
-        mode.with_label_values(&[m.to_string().as_str()]).set(1);
+        e.sample("pincg_mode", &mut [("mode", m.to_string().as_str())], 1);
     }
-    let limit_errors = IntCounter::new(
+    e.family(
         "pincg_limit_errors_total",
+        "counter",
         "Limit files refused (garbage, symlink, too large…); the previous limit stayed in force.",
-    )?;
-    limit_errors.inc_by(snapshot.limit_errors);
+    );
+    e.sample("pincg_limit_errors_total", &mut [], snapshot.limit_errors);
 
-    let hooks = IntGaugeVec::new(
-        Opts::new("pincg_hook_attached", "1 if the hook's BPF program is attached, 0 if unavailable."),
-        &["hook", "source"],
-    )?;
+    e.family("pincg_hook_attached", "gauge", "1 if the hook's BPF program is attached, 0 if unavailable.");
     for h in &snapshot.hooks {
-        hooks.with_label_values(&[h.hook, h.source.key()]).set(i64::from(h.is_live()));
+        e.sample("pincg_hook_attached", &mut [("hook", h.hook), ("source", h.source.key())], u8::from(h.is_live()));
     }
-
-    let objects = IntGauge::new("pincg_ledger_objects", "Live long-term pin objects in the ledger.")?;
-    objects.set(snapshot.objects as i64);
+    e.family("pincg_ledger_objects", "gauge", "Live long-term pin objects in the ledger.");
+    e.sample("pincg_ledger_objects", &mut [], snapshot.objects);
+    e.family("pincg_sample_duration_seconds", "gauge", "How long the last read of the ledger and the cgroup tree took.");
+    e.sample("pincg_sample_duration_seconds", &mut [], snapshot.sample_duration.as_secs_f64());
+    e.family("pincg_agent_resident_bytes", "gauge", "Resident memory of the agent process.");
+    let rss = procfs::process::Process::myself().and_then(|p| p.status()).map(|s| s.vmrss.unwrap_or(0) * 1024);
+    e.sample("pincg_agent_resident_bytes", &mut [], rss.unwrap_or(0));
 
     let c = &snapshot.counters;
-    let ledger = IntCounterVec::new(
-        Opts::new("pincg_ledger_events_total", "Ledger operations and anomalies seen by the BPF programs."),
-        &["event"],
-    )?;
+    e.family("pincg_ledger_events_total", "counter", "Ledger operations and anomalies seen by the BPF programs.");
     for (event, n) in [
         ("charge", c.charges),
         ("release", c.releases),
@@ -152,39 +191,11 @@ fn fill(registry: &Registry, snapshot: &Snapshot, filter: &Filter) -> prometheus
         ("stale_object", c.stale_objects),
         ("unknown_release", c.unknown_releases),
     ] {
-        ledger.with_label_values(&[event]).inc_by(n);
+        e.sample("pincg_ledger_events_total", &mut [("event", event)], n);
     }
-
-    let build = IntGaugeVec::new(
-        Opts::new("pincg_build_info", "Always 1; labels carry the agent's version."),
-        &["version"],
-    )?;
-    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-
-    for collector in [
-        Box::new(pinned) as Box<dyn prometheus::core::Collector>,
-        Box::new(current),
-        Box::new(peak),
-        Box::new(limit),
-        Box::new(high),
-        Box::new(events),
-        Box::new(refusals),
-        Box::new(overruns),
-        Box::new(kills),
-        Box::new(mode),
-        Box::new(limit_errors),
-        Box::new(hooks),
-        Box::new(objects),
-        Box::new(ledger),
-        Box::new(build),
-    ] {
-        registry.register(collector)?;
-    }
-    Ok(())
-}
-
-fn clamp(bytes: u64) -> i64 {
-    i64::try_from(bytes).unwrap_or(i64::MAX)
+    e.family("pincg_build_info", "gauge", "Always 1; labels carry the agent's version.");
+    e.sample("pincg_build_info", &mut [("version", env!("CARGO_PKG_VERSION"))], 1);
+    e.out
 }
 
 #[cfg(test)]

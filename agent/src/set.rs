@@ -13,7 +13,7 @@ use pincg_cgroup_spec::{parse_action, parse_limit, InterfaceFile};
 use crate::mirror::replace_file;
 
 /// How long `set` waits for the agent to put a value in force.
-const IN_FORCE_TIMEOUT: Duration = Duration::from_secs(3);
+const IN_FORCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Key {

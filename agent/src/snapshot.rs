@@ -76,11 +76,14 @@ pub struct Snapshot {
     pub rows: Vec<CgroupRow>,
     pub hooks: Vec<HookStatus>,
     pub counters: Counters,
-    pub objects: usize,
+    /// Live pin objects in the ledger.
+    pub objects: u64,
     pub mode: Option<Mode>,
     pub actions: Vec<(Source, SourceActions)>,
     /// Limit files refused since the agent started.
     pub limit_errors: u64,
+    /// How long reading the ledger and the cgroup tree took.
+    pub sample_duration: std::time::Duration,
 }
 
 impl Snapshot {

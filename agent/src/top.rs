@@ -53,7 +53,7 @@ pub fn render(snapshot: &Snapshot, limit: usize) -> String {
 }
 
 /// Redraw every `interval`, `iterations` times (0: until interrupted).
-pub fn run(sampler: &Sampler, interval: Duration, iterations: u64, limit: usize, json: bool) -> anyhow::Result<()> {
+pub fn run(sampler: &mut Sampler, interval: Duration, iterations: u64, limit: usize, json: bool) -> anyhow::Result<()> {
     let mut n = 0;
     loop {
         let snapshot = sampler.sample()?;

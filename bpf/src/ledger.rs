@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::mem::size_of;
 
+use std::os::fd::AsFd;
+
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use pincg_cgroup_spec::{Action, Events, Limit, PerSource, Source};
 
@@ -97,6 +99,13 @@ pub struct Counters {
     pub releases: u64,
 }
 
+impl Counters {
+    /// Pin objects in the ledger now: every recorded charge not released.
+    pub fn live_objects(&self) -> u64 {
+        self.charges.saturating_sub(self.releases)
+    }
+}
+
 /// Handles on the pinned ledger, limit and settings maps.
 pub struct Ledger {
     objects: MapHandle,
@@ -130,8 +139,7 @@ impl Ledger {
     /// Usage of every cgroup that has an entry.
     pub fn usage(&self) -> Result<Vec<CgroupUsage>, Error> {
         let mut out = Vec::new();
-        for key in self.usage.keys() {
-            let Some(value) = self.lookup(&self.usage, "usage", &key)? else { continue };
+        for (key, value) in dump(&self.usage, "usage")? {
             let raw: types::cgroup_usage = decode("usage", &value)?;
             out.push(CgroupUsage {
                 cgroup: decode::<u64>("usage", &key)?,
@@ -147,8 +155,7 @@ impl Ledger {
     /// Every live pin object.
     pub fn objects(&self) -> Result<Vec<PinObject>, Error> {
         let mut out = Vec::new();
-        for key in self.objects.keys() {
-            let Some(value) = self.lookup(&self.objects, "objects", &key)? else { continue };
+        for (key, value) in dump(&self.objects, "objects")? {
             let k: types::pin_key = decode("objects", &key)?;
             let v: types::pin_object = decode("objects", &value)?;
             let Some(source) = Source::from_id(k.source.0) else { continue };
@@ -214,8 +221,7 @@ impl Ledger {
     /// Every limit in force, by cgroup id.
     pub fn limits(&self) -> Result<HashMap<u64, CgroupLimit>, Error> {
         let mut out = HashMap::new();
-        for key in self.limits.keys() {
-            let Some(value) = self.lookup(&self.limits, "limits", &key)? else { continue };
+        for (key, value) in dump(&self.limits, "limits")? {
             let raw: types::cgroup_limit = decode("limits", &value)?;
             let limit = |b: u64| if b == u64::MAX { Limit::Max } else { Limit::Bytes(b) };
             let action = match raw.action.0 {
@@ -282,6 +288,76 @@ impl Ledger {
         map.lookup(key, MapFlags::ANY)
             .map_err(|source| Error::Pinned { path: name.into(), source })
     }
+}
+
+/// Every (key, value) of a hash map, read in batches (a few syscalls for
+/// 100,000 entries instead of two per entry). Kernels without batch
+/// operations fall back to walking the keys.
+fn dump(map: &MapHandle, name: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    use std::os::fd::AsRawFd;
+    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
+    let mut count: u32 = 4096;
+    let mut out = Vec::new();
+    // The batch token is opaque (a bucket index for hash maps); 8 bytes
+    // or a key, whichever is larger, holds it.
+    let token_size = key_size.max(8);
+    let (mut token_in, mut token_out) = (vec![0u8; token_size], vec![0u8; token_size]);
+    let mut first = true;
+    loop {
+        let mut keys = vec![0u8; key_size * count as usize];
+        let mut values = vec![0u8; value_size * count as usize];
+        let mut n = count;
+        let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
+            sz: size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        // SAFETY: every buffer is sized for `count` entries or one token.
+        let ret = unsafe {
+            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                if first { std::ptr::null_mut() } else { token_in.as_mut_ptr().cast() },
+                token_out.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut n,
+                &opts,
+            )
+        };
+        let errno = if ret < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(0) } else { 0 };
+        match errno {
+            0 | libc::ENOENT => {
+                for i in 0..n as usize {
+                    out.push((
+                        keys[i * key_size..(i + 1) * key_size].to_vec(),
+                        values[i * value_size..(i + 1) * value_size].to_vec(),
+                    ));
+                }
+                if errno == libc::ENOENT {
+                    return Ok(out);
+                }
+                token_in.copy_from_slice(&token_out);
+                first = false;
+            }
+            // A bucket holds more entries than one batch: retry larger.
+            libc::ENOSPC => count *= 2,
+            // 524 is the kernel-internal ENOTSUPP some kernels leak.
+            libc::EINVAL | libc::EOPNOTSUPP | 524 if first => return dump_by_keys(map, name),
+            e => {
+                let source = libbpf_rs::Error::from(std::io::Error::from_raw_os_error(e));
+                return Err(Error::Pinned { path: name.into(), source });
+            }
+        }
+    }
+}
+
+fn dump_by_keys(map: &MapHandle, name: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    let mut out = Vec::new();
+    for key in map.keys() {
+        if let Some(value) = map.lookup(&key, MapFlags::ANY).map_err(|source| Error::Pinned { path: name.into(), source })? {
+            out.push((key, value));
+        }
+    }
+    Ok(out)
 }
 
 /// The bytes of a plain-old-data value, to write into a map.

@@ -1,6 +1,7 @@
 //! The guest scenarios, one module each; `pincg-scenario <name>` runs one.
 
 pub mod actions;
+pub mod bench;
 pub mod budget;
 pub mod demo;
 pub mod io_uring;
@@ -10,6 +11,7 @@ pub mod prometheus;
 pub mod rdma;
 pub mod storm;
 pub mod refusal;
+pub mod scale;
 pub mod vfio;
 pub mod xdp;
 
@@ -26,5 +28,7 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("actions", actions::run),
     ("iommufd", iommufd::run),
     ("storm", storm::run),
+    ("scale", scale::run),
     ("prometheus", prometheus::run),
+    ("bench", bench::run),
 ];

@@ -11,6 +11,7 @@ pub mod xdp;
 
 use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Mutex;
 
 /// Parse a size such as `64M`, `16M`, `4K` or `4096`.
 pub fn parse_size(text: &str) -> Result<usize, String> {
@@ -125,5 +126,23 @@ pub fn anonymous_memory(bytes: usize) -> Result<*mut libc::c_void, String> {
     if unsafe { libc::madvise(ptr, bytes, libc::MADV_NOHUGEPAGE) } != 0 {
         return Err(os_error("madvise(MADV_NOHUGEPAGE)"));
     }
+    Ok(ptr)
+}
+
+/// Populated anonymous memory of `bytes`, one mapping per size: made on the
+/// first call for that size and handed out again on every later one, so a
+/// loop (the `*-reuse` commands, the bench scenario) pins and unpins the
+/// same, already faulted-in pages rather than a fresh mapping per call.
+/// Small pages, like [`anonymous_memory`]; never unmapped.
+pub fn reusable_memory(bytes: usize) -> Result<*mut libc::c_void, String> {
+    static MAPPINGS: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+    let mut mappings = MAPPINGS.lock().map_err(|_| "reusable memory: lock poisoned".to_string())?;
+    if let Some(&(_, addr)) = mappings.iter().find(|(size, _)| *size == bytes) {
+        return Ok(addr as *mut libc::c_void);
+    }
+    let ptr = anonymous_memory(bytes)?;
+    // SAFETY: the mapping was just created, writable and `bytes` long.
+    unsafe { std::ptr::write_bytes(ptr.cast::<u8>(), 0, bytes) };
+    mappings.push((bytes, ptr as usize));
     Ok(ptr)
 }

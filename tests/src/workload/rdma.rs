@@ -6,6 +6,9 @@
 //! - `open [DEVICE]`: open DEVICE (default: the first one) and allocate a PD.
 //! - `reg SIZE`: register SIZE bytes of fresh anonymous memory with local
 //!   write, remote write and remote read access.
+//! - `reg-reuse SIZE`: the same with this process's reusable memory of SIZE
+//!   (`super::reusable_memory`: allocated once, then the same pages every
+//!   time), for reg/dereg loops.
 //! - `reg-odp SIZE`: the same with `IBV_ACCESS_ON_DEMAND` (no pins); a device
 //!   without ODP support answers `err` with the errno text. rdma_rxe on
 //!   Debian's kernels: 6.1 EINVAL, 6.12 EOPNOTSUPP, 7.2 supported.
@@ -21,7 +24,7 @@ use std::ffi::CStr;
 
 use libc::{c_char, c_int, c_void};
 
-use super::{anonymous_memory, os_error, parse_size};
+use super::{anonymous_memory, os_error, parse_size, reusable_memory};
 
 // enum ibv_access_flags in <infiniband/verbs.h>.
 const IBV_ACCESS_LOCAL_WRITE: c_int = 1;
@@ -140,8 +143,8 @@ impl Device {
         Ok(Device { context, pd, mrs: Vec::new() })
     }
 
-    fn reg(&mut self, bytes: usize, access: c_int) -> Result<(), String> {
-        let addr = anonymous_memory(bytes)?;
+    /// Register `bytes` at `addr`, memory that is never unmapped.
+    fn reg(&mut self, addr: *mut c_void, bytes: usize, access: c_int) -> Result<(), String> {
         // SAFETY: `addr` is a live mapping of `bytes` bytes that is never
         // unmapped; `self.pd` is an allocated PD.
         let mr = unsafe { ibv_reg_mr(self.pd, addr, bytes, access) };
@@ -182,8 +185,18 @@ impl Rdma {
                 self.device = Some(Device::open(args.first().copied())?);
                 Ok(())
             }
-            ("reg", [size]) => self.device()?.reg(parse_size(size)?, ACCESS),
-            ("reg-odp", [size]) => self.device()?.reg(parse_size(size)?, ACCESS | IBV_ACCESS_ON_DEMAND),
+            ("reg", [size]) => {
+                let bytes = parse_size(size)?;
+                self.device()?.reg(anonymous_memory(bytes)?, bytes, ACCESS)
+            }
+            ("reg-reuse", [size]) => {
+                let bytes = parse_size(size)?;
+                self.device()?.reg(reusable_memory(bytes)?, bytes, ACCESS)
+            }
+            ("reg-odp", [size]) => {
+                let bytes = parse_size(size)?;
+                self.device()?.reg(anonymous_memory(bytes)?, bytes, ACCESS | IBV_ACCESS_ON_DEMAND)
+            }
             ("dereg", [index]) => {
                 let index = index.parse().map_err(|_| format!("bad index {index:?}"))?;
                 self.device()?.dereg(index)

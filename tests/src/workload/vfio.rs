@@ -8,6 +8,9 @@
 //!   the type1v2 IOMMU.
 //! - `map <iova> <size>`: map fresh anonymous memory of `size` at `iova`
 //!   (`0x100000` or `1048576`), readable and writable by the device.
+//! - `map-reuse <iova> <size>`: the same with this process's reusable
+//!   memory of `size` (`super::reusable_memory`: allocated once, then the
+//!   same pages every time), for map/unmap loops.
 //! - `unmap <iova> <size>`: unmap exactly that range.
 //! - `close`: close the group and the container, releasing every map.
 //! - `memlock <size>`: set this process's RLIMIT_MEMLOCK (soft and hard) to
@@ -19,7 +22,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::{anonymous_memory, ioctl, os_error, parse_iova, parse_size};
+use super::{anonymous_memory, ioctl, os_error, parse_iova, parse_size, reusable_memory};
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO_TYPE is `';'` (0x3b), VFIO_BASE
 /// 100. `_IO` encodes no size or direction, so this is `0x3b00 | (100 + n)`.
@@ -96,7 +99,14 @@ impl Vfio {
     pub fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
         match (command, args) {
             ("open", [group]) => self.open(group),
-            ("map", [iova, size]) => self.map(parse_iova(iova)?, parse_size(size)?),
+            ("map", [iova, size]) => {
+                let size = parse_size(size)?;
+                self.map(parse_iova(iova)?, anonymous_memory(size)?, size)
+            }
+            ("map-reuse", [iova, size]) => {
+                let size = parse_size(size)?;
+                self.map(parse_iova(iova)?, reusable_memory(size)?, size)
+            }
             ("unmap", [iova, size]) => self.unmap(parse_iova(iova)?, parse_size(size)?),
             ("close", []) => {
                 // Detaching the container's last group releases the IOMMU
@@ -139,14 +149,15 @@ impl Vfio {
         Ok(())
     }
 
-    /// Map fresh memory; it stays mapped in this process (like the
-    /// workload's other buffers) whatever the kernel answers.
-    fn map(&self, iova: u64, size: usize) -> Result<(), String> {
+    /// Map `size` bytes at `vaddr`, memory that stays mapped in this
+    /// process (like the workload's other buffers) whatever the kernel
+    /// answers.
+    fn map(&self, iova: u64, vaddr: *mut libc::c_void, size: usize) -> Result<(), String> {
         let container = self.container()?;
         let map = DmaMap {
             argsz: argsz::<DmaMap>(),
             flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-            vaddr: anonymous_memory(size)? as u64,
+            vaddr: vaddr as u64,
             iova,
             size: size as u64,
         };
