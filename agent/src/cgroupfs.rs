@@ -57,6 +57,11 @@ impl CgroupTree {
         Ok(CgroupTree { paths })
     }
 
+    /// The path of cgroup `id`, relative to the root, if it exists.
+    pub fn path(&self, id: u64) -> Option<&str> {
+        self.paths.get(&id).map(String::as_str)
+    }
+
     pub fn contains(&self, id: u64) -> bool {
         self.paths.contains_key(&id)
     }

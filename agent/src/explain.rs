@@ -32,7 +32,7 @@ pub struct Explained<'a> {
 
 /// The objects of `subject`, largest first.
 pub fn select<'a>(objects: &'a [PinObject], tree: &CgroupTree, subject: &Subject, now_ns: u64) -> Vec<Explained<'a>> {
-    let path_of = |id: u64| tree.iter().find(|(i, _)| *i == id).map(|(_, p)| format!("/{p}"));
+    let path_of = |id: u64| tree.path(id).map(|p| format!("/{p}"));
     let mut out: Vec<Explained<'a>> = objects
         .iter()
         .map(|o| Explained {
