@@ -16,6 +16,16 @@ status=0
 cargo test --workspace --lib --bins --tests -- --test-threads=2 || status=$?
 
 echo
+echo "=== short fuzz pass: limit and action parsers (cargo fuzz, ${PINCG_FUZZ_SECONDS:-30}s) ==="
+command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked
+if (cd cgroup-spec && cargo fuzz run --sanitizer none limit_file -- -max_total_time="${PINCG_FUZZ_SECONDS:-30}" 2>&1 | tail -n 2); then
+  echo "fuzz pass: no crash"
+else
+  echo "fuzz pass: FAILED (crash artifacts in cgroup-spec/fuzz/artifacts)"
+  status=1
+fi
+
+echo
 echo "=== guest scenarios (kernel ${PINCG_KERNEL:-6.12}) ==="
 if [[ -s target/guest-results.txt ]]; then
   cat target/guest-results.txt
