@@ -45,11 +45,13 @@ pub struct Sampler {
     /// VM names found in pod cgroups, with the local bytes they were found
     /// at: looked up again only when a pod cgroup's pins change.
     pod_vms: HashMap<u64, (u64, String)>,
+    /// The module instances the hooks were last brought in line with.
+    modules: Vec<(&'static str, Option<u64>)>,
 }
 
 impl Sampler {
     pub fn new(ledger: Ledger, cgroup_root: PathBuf, hooks: Vec<HookStatus>) -> Sampler {
-        Sampler { ledger, cgroup_root, hooks, pod_vms: HashMap::new() }
+        Sampler { ledger, cgroup_root, hooks, pod_vms: HashMap::new(), modules: Vec::new() }
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -115,7 +117,13 @@ impl Sampler {
     }
 
     /// Attach hooks whose module appeared, drop those whose module went.
+    /// Parsing BTF is expensive: done only when a module came or went.
     fn refresh_hooks(&mut self, pins: &PinPaths) -> anyhow::Result<()> {
+        let modules = loader::module_instances();
+        if modules == self.modules {
+            return Ok(());
+        }
+        self.modules = modules;
         if let Some(hooks) = loader::refresh(pins, &self.hooks)? {
             let changed: Vec<HookStatus> = hooks
                 .iter()

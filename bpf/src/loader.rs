@@ -93,6 +93,20 @@ pub fn load_all(paths: &PinPaths) -> Result<Vec<HookStatus>, Error> {
     Ok(statuses)
 }
 
+/// Which instance of each module pincg hooks is loaded (`None`: not
+/// loaded): cheap to take, so [`refresh`] only parses BTF when it changed.
+pub fn module_instances() -> Vec<(&'static str, Option<u64>)> {
+    let mut modules: Vec<&'static str> = hooks::ALL_SOURCES
+        .iter()
+        .flat_map(|s| s.hooks.iter())
+        .flat_map(|h| h.variants.iter())
+        .flat_map(|v| v.modules())
+        .collect();
+    modules.sort_unstable();
+    modules.dedup();
+    modules.into_iter().map(|m| (m, module_instance(m))).collect()
+}
+
 /// Bring module sources in line with the modules now loaded: attach those
 /// whose module appeared (or came back), drop links of modules that went.
 /// Returns the new statuses when anything changed.

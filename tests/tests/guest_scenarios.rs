@@ -78,3 +78,8 @@ fn iommufd_end_to_end() {
 fn sigkill_mid_storm_loses_nothing() {
     scenario("storm", Guest { vfio: true, ..Guest::default() });
 }
+
+#[test]
+fn hostile_tenant_cannot_escape() {
+    scenario("hostile", Guest::default());
+}

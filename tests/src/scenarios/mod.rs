@@ -5,6 +5,7 @@ pub mod bench;
 pub mod budget;
 pub mod demo;
 pub mod io_uring;
+pub mod hostile;
 pub mod iommufd;
 pub mod owner;
 pub mod prometheus;
@@ -29,6 +30,7 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("iommufd", iommufd::run),
     ("storm", storm::run),
     ("scale", scale::run),
+    ("hostile", hostile::run),
     ("prometheus", prometheus::run),
     ("bench", bench::run),
 ];
