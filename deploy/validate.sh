@@ -214,28 +214,11 @@ if ((${#missing_src[@]})); then
 else
   ok "container: every COPY source of $containerfile exists"
 fi
-if [[ -x target/debug/pincg ]] && command -v ldd >/dev/null 2>&1; then
-  # Packages of pincg's shared libraries; libc6 and libgcc-s1 are in every
-  # Debian base image.
-  runtime=$(awk '/^FROM /{stage++} stage==2' "$containerfile")
-  needed=()
-  for lib in $(ldd target/debug/pincg | awk '$3 ~ /^\// {print $3}'); do
-    pkg=$(dpkg -S "$(readlink -f "$lib")" 2>/dev/null | head -n1 | cut -d: -f1)
-    [[ -z $pkg ]] && pkg=$(dpkg -S "$lib" 2>/dev/null | head -n1 | cut -d: -f1)
-    case $pkg in libc6 | libgcc-s1) continue ;; esac
-    needed+=("${pkg:-unknown package of $lib}")
-  done
-  absent=()
-  for pkg in "${needed[@]}"; do
-    grep -Eq "apt-get install.*[[:space:]]$pkg([[:space:]]|$)" <<<"$runtime" || absent+=("$pkg")
-  done
-  if ((${#absent[@]})); then
-    fail "container: the runtime stage of $containerfile does not install ${absent[*]} (needed by target/debug/pincg)"
-  else
-    ok "container: the runtime stage of $containerfile installs the packages of pincg's shared libraries (${needed[*]})"
-  fi
+# The image ships a static binary; the runtime stage installs nothing.
+if grep -q 'crt-static' "$containerfile" && grep -q -- '--features static' "$containerfile"; then
+  ok "container: $containerfile builds a static binary (crt-static, --features static)"
 else
-  skip "container: runtime libraries: target/debug/pincg is not built"
+  fail "container: $containerfile does not build a static binary"
 fi
 
 echo "deploy/validate.sh: $passed ok, $failed failed, $skipped skipped in $((SECONDS - started)) s"
