@@ -10,7 +10,9 @@
 # Contents: static busybox (/bin/busybox + applet symlinks), the 9p modules
 # (virtio_pci if modular, netfs, 9pnet, 9pnet_virtio, 9p and whatever
 # modules.dep says they need) DECOMPRESSED to plain .ko, because busybox insmod
-# cannot load .ko.xz/.ko.zst, and two scripts:
+# cannot load .ko.xz/.ko.zst (none for a kernel that has them built in, as
+# modules.builtin says: build-kernel.sh's, even without CONFIG_MODULES), and
+# two scripts:
 #
 #   /init    (stage 1, PID 1 in the initramfs): mounts proc/sys/dev, loads the
 #            9p modules, mounts the host root read-only at /newroot (9p tag
@@ -227,8 +229,13 @@ if [ -n "$MODROOT" ] && [ -d "$N$MODROOT/lib/modules/$KVER" ]; then
   chmod 755 $P/modprobe $P/modinfo
   ln -s ../modprobe $P/bin/modprobe
   ln -s ../modinfo $P/bin/modinfo
-  echo /run/pincg/modprobe > $PROC/sys/kernel/modprobe \
-    || fail "set /proc/sys/kernel/modprobe"
+  # A kernel without CONFIG_MODULES has no autoloader to point (and nothing
+  # to load: `modprobe NAME` of a built-in module succeeds via
+  # modules.builtin).
+  if [ -e $PROC/sys/kernel/modprobe ]; then
+    echo /run/pincg/modprobe > $PROC/sys/kernel/modprobe \
+      || fail "set /proc/sys/kernel/modprobe"
+  fi
 else
   echo "pincg-init: warning: no modules at $MODROOT/lib/modules/$KVER; modprobe will not work"
 fi

@@ -226,6 +226,7 @@ while IFS= read -r line; do
   fi
 done < "$FRAGMENT"
 ((bad == 0)) || die "the options above did not end up as $(basename "$FRAGMENT") asks (unmet dependencies? see $BUILD/.config)"
+cp "$BUILD/.config" "$OUTDIR/config"
 T_CONF=$((SECONDS - T1))
 
 # --- build -------------------------------------------------------------------------------------
@@ -267,6 +268,11 @@ depmod -b "$MODROOT" "$KVER" >> "$LOG" 2>&1 || fail_with "depmod -b $MODROOT $KV
 printf 'KERNEL=%s\nMODROOT=%s\nKVER=%s\n' "$ROOT/boot/vmlinuz-$KVER" "$MODROOT" "$KVER" > "$OUTDIR/complete.tmp"
 mv "$OUTDIR/complete.tmp" "$OUTDIR/complete"
 set_pointer "$HASH" "$SRCVER"
+# Source trees of older versions are no longer used (the build dir follows
+# the newest); ~1.5 GB each.
+for old in "$KDIR_BASE/src/$SRCPKG"-*; do
+  [[ -d "$old" && "$old" != "$SRCTOP" ]] && rm -rf "$old"
+done
 T_ALL=$((SECONDS - T0))
 msg="built $KVER in $((T_ALL / 60))m$((T_ALL % 60))s wall time (deps+source ${T_SRC}s, configure ${T_CONF}s, make ${T_BUILD}s with -j$JOBS)"
 log "$msg"

@@ -158,6 +158,7 @@ apt_update() {
 newer_keyring() {
   local src kr_dir=$CACHE/apt/keyring deb
   for src in "$HOST_CODENAME-updates" stable testing; do
+    # shellcheck disable=SC2153 # SUITE: set by the caller
     [[ "$src" == "$SUITE" ]] && continue
     apt_update "$src" "$KEYRING" || continue
     rm -f "$APT_DIR"/debs/*.deb
@@ -178,6 +179,7 @@ newer_keyring() {
 # apt_private_init: HOST_CODENAME, MIRROR (from the host's apt sources) and
 # the starting KEYRING.
 apt_private_init() {
+  [[ -n "${SUITE:-}" && -n "${CACHE:-}" ]] || die "lib-apt.sh: the caller must set SUITE and CACHE"
   command -v apt-get >/dev/null || die "apt-get not found (need a Debian host)"
   command -v dpkg >/dev/null || die "dpkg not found"
   # shellcheck disable=SC1091

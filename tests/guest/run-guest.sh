@@ -7,7 +7,9 @@
 #       [--smp 2] [--vfio] [--rdma-net] [--env NAME[=VALUE]]... [--append ARGS]
 #       [--console] [--debug] [--no-echo] --out DIR -- COMMAND [ARG...]
 #
-#   --series S     kernel series for fetch-kernel.sh: 6.12 (default), 6.1, 7
+#   --series S     kernel series: 6.12 (default), 6.1, 7 (Debian's, via
+#                  fetch-kernel.sh) or iommufd (6.12 with iommufd, compiled
+#                  by build-kernel.sh; everything built in, no modules)
 #   --timeout N    kill QEMU after N seconds of wall time (default 300); exit 124
 #   --mem M        guest memory (default 2G)
 #   --smp N        guest CPUs (default 2)
@@ -35,8 +37,8 @@
 # without reporting a status (last 50 console lines go to stderr) or QEMU
 # failed; 2 on a usage error. On completion COMMAND's output goes to stdout.
 #
-# Env: PINCG_CACHE (see fetch-kernel.sh), PINCG_QEMU (default
-# qemu-system-x86_64).
+# Env: PINCG_CACHE (see fetch-kernel.sh, build-kernel.sh), PINCG_QEMU
+# (default qemu-system-x86_64).
 # shellcheck disable=SC2054,SC2016,SC2317 # commas are QEMU option syntax; the
 # guest expands PINCG_GUEST_BIN; on_signal is called by trap
 set -euo pipefail
@@ -76,13 +78,26 @@ command -v "$QEMU" >/dev/null || die "$QEMU not found (run tests/guest/install-d
 command -v timeout >/dev/null || die "timeout (coreutils) not found"
 
 # --- kernel and initramfs (both cached) ----------------------------------------------
-kinfo=$("$HERE/fetch-kernel.sh" "$SERIES") || die "fetch-kernel.sh $SERIES failed"
+# Debian's own kernels are downloaded; a series Debian does not build
+# (iommufd) is compiled from Debian's kernel source by build-kernel.sh (once:
+# the first run takes about ten minutes, later ones hit its cache).
+case "$SERIES" in
+  iommufd) KSCRIPT=build-kernel.sh ;;
+  *)       KSCRIPT=fetch-kernel.sh ;;
+esac
+kinfo=$("$HERE/$KSCRIPT" "$SERIES") || die "$KSCRIPT $SERIES failed"
 KERNEL=$(sed -n 's/^KERNEL=//p' <<<"$kinfo")
 MODROOT=$(sed -n 's/^MODROOT=//p' <<<"$kinfo")
 KVER=$(sed -n 's/^KVER=//p' <<<"$kinfo")
-[[ -f "$KERNEL" && -n "$MODROOT" && -n "$KVER" ]] || die "fetch-kernel.sh printed no usable KERNEL/MODROOT/KVER: $kinfo"
+[[ -f "$KERNEL" && -n "$MODROOT" && -n "$KVER" ]] || die "$KSCRIPT printed no usable KERNEL/MODROOT/KVER: $kinfo"
 [[ "$MODROOT" != *[[:space:]]* ]] || die "module root '$MODROOT' contains white space (kernel cmdline cannot carry it); set PINCG_CACHE to a path without spaces"
-INITRD=${PINCG_CACHE:-/var/cache/pincg}/kernels/$KVER/initramfs.cpio.gz
+# The initramfs sits next to the kernel's unpacked root/ (kernels/<KVER>/ for
+# fetch-kernel.sh, kernels/custom-<flavor>-<hash>/ for build-kernel.sh).
+if [[ "$KERNEL" == */root/* ]]; then
+  INITRD=${KERNEL%%/root/*}/initramfs.cpio.gz
+else
+  INITRD=${PINCG_CACHE:-/var/cache/pincg}/kernels/$KVER/initramfs.cpio.gz
+fi
 "$HERE/build-initramfs.sh" "$MODROOT" "$KVER" "$INITRD" 2>"$INITRD.log" \
   || { cat "$INITRD.log" >&2; die "build-initramfs.sh failed for $KVER"; }
 
