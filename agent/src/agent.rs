@@ -82,6 +82,7 @@ impl Sampler {
             actions: self.ledger.actions()?,
             limit_errors: 0,
             sample_duration: started.elapsed(),
+            capacity: self.ledger.capacity(),
         })
     }
 

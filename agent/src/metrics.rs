@@ -175,6 +175,14 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
     }
     e.family("pincg_ledger_objects", "gauge", "Live long-term pin objects in the ledger.");
     e.sample("pincg_ledger_objects", &mut [], snapshot.objects);
+    e.family(
+        "pincg_ledger_capacity",
+        "gauge",
+        "Entries the ledger maps can hold; pincg_ledger_objects / this is the objects map's fullness.",
+    );
+    for (map, capacity) in &snapshot.capacity {
+        e.sample("pincg_ledger_capacity", &mut [("map", map)], capacity);
+    }
     e.family("pincg_sample_duration_seconds", "gauge", "How long the last read of the ledger and the cgroup tree took.");
     e.sample("pincg_sample_duration_seconds", &mut [], snapshot.sample_duration.as_secs_f64());
     e.family("pincg_agent_resident_bytes", "gauge", "Resident memory of the agent process.");

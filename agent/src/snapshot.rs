@@ -84,6 +84,8 @@ pub struct Snapshot {
     pub limit_errors: u64,
     /// How long reading the ledger and the cgroup tree took.
     pub sample_duration: std::time::Duration,
+    /// Entries each ledger map can hold.
+    pub capacity: Vec<(&'static str, u32)>,
 }
 
 impl Snapshot {

@@ -218,6 +218,15 @@ impl Ledger {
             .map_err(|source| Error::Pinned { path: "limits".into(), source })
     }
 
+    /// Entries each map can hold (its max_entries): objects, usage, limits.
+    pub fn capacity(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("objects", self.objects.max_entries()),
+            ("usage", self.usage.max_entries()),
+            ("limits", self.limits.max_entries()),
+        ]
+    }
+
     /// Every limit in force, by cgroup id.
     pub fn limits(&self) -> Result<HashMap<u64, CgroupLimit>, Error> {
         let mut out = HashMap::new();
