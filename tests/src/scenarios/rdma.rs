@@ -51,5 +51,26 @@ pub fn run() -> Result<()> {
     cg.expect_current(64 * MIB)?;
     tenant.run("close")?;
     cg.expect_current(0)?;
-    expect_no_drift()
+    expect_no_drift()?;
+
+    step("the modules unload with pincg attached, and its hooks follow them out and back in");
+    drop(tenant);
+    shell(&["rdma", "link", "delete", &device])?;
+    shell(&["modprobe", "-r", "rdma_rxe", "ib_uverbs"])?;
+    expect_hook("rdma:register", 0)?;
+    let device = soft_roce()?;
+    expect_hook("rdma:register", 1)?;
+    let mut again = Workload::spawn("after-reload", &cg, &["rdma"])?;
+    again.run(&format!("open {device}"))?;
+    again.run("reg 16M")?;
+    cg.expect_current(16 * MIB)?;
+    again.run("close")?;
+    cg.expect_current(0)
+}
+
+fn shell(argv: &[&str]) -> Result<()> {
+    let status = std::process::Command::new(argv[0]).args(&argv[1..]).status()?;
+    anyhow::ensure!(status.success(), "{} failed: {status}", argv.join(" "));
+    println!("   $ {}", argv.join(" "));
+    Ok(())
 }
