@@ -21,7 +21,11 @@ use crate::http::{self, Shared};
 use crate::labels::qemu_guest_name;
 use crate::limits::Limits;
 use crate::mirror::Mirror;
+use crate::preexisting::Preexisting;
 use crate::snapshot::{CgroupRow, Snapshot};
+
+/// How often the processes holding pins from before pincg are looked at.
+const PREEXISTING_POLL: Duration = Duration::from_secs(5);
 
 /// How often module hooks are checked against the loaded modules.
 const MODULE_POLL: Duration = Duration::from_secs(1);
@@ -83,6 +87,7 @@ impl Sampler {
             limit_errors: 0,
             sample_duration: started.elapsed(),
             capacity: self.ledger.capacity(),
+            preexisting: HashMap::new(),
         })
     }
 
@@ -145,6 +150,8 @@ struct Round {
     mirror: Mirror,
     limits: Limits,
     frozen: HashSet<u64>,
+    preexisting: Preexisting,
+    preexisting_checked: Instant,
 }
 
 impl Round {
@@ -183,6 +190,11 @@ impl Round {
         // What `sync` put in force shows from the next snapshot on; the
         // limits a row carries are always those the kernel enforces.
         snapshot.limit_errors = self.limits.errors;
+        if !self.preexisting.is_empty() && self.preexisting_checked.elapsed() >= PREEXISTING_POLL {
+            self.preexisting.refresh();
+            self.preexisting_checked = Instant::now();
+        }
+        snapshot.preexisting = self.preexisting.by_cgroup();
         self.mirror.update(&snapshot.rows)?;
         for row in &snapshot.rows {
             self.freeze_if_over(row);
@@ -208,6 +220,8 @@ impl Round {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     preflight::check(opts.pins.root())?;
+    // A ledger created now never saw the pins already held on the node.
+    let fresh_ledger = !opts.pins.map("objects").exists();
     let hooks = loader::load_all(&opts.pins)?;
     report_hooks(&hooks);
     if !hooks.iter().any(HookStatus::is_live) {
@@ -226,7 +240,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         mirror: Mirror::new(&opts.mirror_root, cgroup_root),
         limits: Limits::default(),
         frozen: HashSet::new(),
+        preexisting: if fresh_ledger { Preexisting::scan() } else { Preexisting::default() },
+        preexisting_checked: Instant::now(),
     };
+    for (cgroup, bytes) in round.preexisting.by_cgroup() {
+        log(&format!("{cgroup}: {bytes} bytes were pinned or locked before pincg started; not in its ledger"));
+    }
     let shared: Shared = Arc::new(RwLock::new(Arc::new(round.run()?)));
 
     let listener = TcpListener::bind(opts.listen)

@@ -8,6 +8,7 @@ mod labels;
 mod limits;
 mod metrics;
 mod mirror;
+mod preexisting;
 mod probe;
 mod set;
 mod snapshot;

@@ -169,6 +169,14 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
     );
     e.sample("pincg_limit_errors_total", &mut [], snapshot.limit_errors);
 
+    e.family(
+        "pincg_preexisting_pinned_bytes",
+        "gauge",
+        "Bytes pinned or locked (VmPin + VmLck) by processes that held them before pincg's ledger existed; not in pins.current.",
+    );
+    for (cgroup, bytes) in &snapshot.preexisting {
+        e.sample("pincg_preexisting_pinned_bytes", &mut [("cgroup", cgroup.as_str())], bytes);
+    }
     e.family("pincg_hook_attached", "gauge", "1 if the hook's BPF program is attached, 0 if unavailable.");
     for h in &snapshot.hooks {
         e.sample("pincg_hook_attached", &mut [("hook", h.hook), ("source", h.source.key())], u8::from(h.is_live()));

@@ -86,6 +86,8 @@ pub struct Snapshot {
     pub sample_duration: std::time::Duration,
     /// Entries each ledger map can hold.
     pub capacity: Vec<(&'static str, u32)>,
+    /// Bytes pinned or locked before the ledger existed, by cgroup path.
+    pub preexisting: HashMap<String, u64>,
 }
 
 impl Snapshot {

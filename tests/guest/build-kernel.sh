@@ -101,6 +101,7 @@ fi
 
 exec 9>"$KDIR_BASE/.lock-custom-$FLAVOR"
 flock 9 || die "cannot lock $KDIR_BASE/.lock-custom-$FLAVOR"
+T0=$SECONDS
 
 # --- which source version ----------------------------------------------------------------
 # Without PINCG_REFRESH, keep the version of the last build if its source tree
@@ -132,7 +133,6 @@ if serve "$HASH" >/dev/null; then
   exit 0
 fi
 OUTDIR=$KDIR_BASE/custom-$FLAVOR-$HASH
-T0=$SECONDS
 
 "$HERE/install-deps.sh" --kernel-build || die "install-deps.sh --kernel-build failed"
 for tool in make gcc bison flex bc pahole depmod xz; do
@@ -274,7 +274,7 @@ for old in "$KDIR_BASE/src/$SRCPKG"-*; do
   [[ -d "$old" && "$old" != "$SRCTOP" ]] && rm -rf "$old"
 done
 T_ALL=$((SECONDS - T0))
-msg="built $KVER in $((T_ALL / 60))m$((T_ALL % 60))s wall time (deps+source ${T_SRC}s, configure ${T_CONF}s, make ${T_BUILD}s with -j$JOBS)"
+msg="built $KVER in $((T_ALL / 60))m$((T_ALL % 60))s wall time (apt+deps+source ${T_SRC}s, configure ${T_CONF}s, make ${T_BUILD}s with -j$JOBS)"
 log "$msg"
 echo "### $msg" >> "$LOG"
 cat "$OUTDIR/complete"

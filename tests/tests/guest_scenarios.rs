@@ -83,3 +83,8 @@ fn sigkill_mid_storm_loses_nothing() {
 fn hostile_tenant_cannot_escape() {
     scenario("hostile", Guest::default());
 }
+
+#[test]
+fn pins_from_before_the_agent_are_reported() {
+    scenario("preexisting", Guest::default());
+}

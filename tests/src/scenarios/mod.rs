@@ -8,6 +8,7 @@ pub mod io_uring;
 pub mod hostile;
 pub mod iommufd;
 pub mod owner;
+pub mod preexisting;
 pub mod prometheus;
 pub mod rdma;
 pub mod storm;
@@ -31,6 +32,7 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("storm", storm::run),
     ("scale", scale::run),
     ("hostile", hostile::run),
+    ("preexisting", preexisting::run),
     ("prometheus", prometheus::run),
     ("bench", bench::run),
 ];
