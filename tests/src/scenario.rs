@@ -135,19 +135,8 @@ pub fn expect_no_drift() -> Result<()> {
 
 /// Poll `check` (which returns whether it holds and what it saw) until it
 /// holds or [`SETTLE`] passes.
-pub fn wait_for(what: &str, mut check: impl FnMut() -> (bool, String)) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        let (ok, seen) = check();
-        if ok {
-            println!("   ok {what} (after {} ms)", start.elapsed().as_millis());
-            return Ok(());
-        }
-        if start.elapsed() > SETTLE {
-            bail!("expected {what}, but after {SETTLE:?} it is {seen}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_for(what: &str, check: impl FnMut() -> (bool, String)) -> Result<()> {
+    wait_for_within(what, SETTLE, check)
 }
 
 /// The agent process.
@@ -360,7 +349,7 @@ pub fn pincg(args: &[&str]) -> Result<String> {
 }
 
 /// Poll `check` like [`wait_for`], but for up to `limit` (for slow starters
-/// such as a Prometheus server under TCG).
+/// such as a Prometheus server under TCG). Polls every 20 ms.
 pub fn wait_for_within(what: &str, limit: Duration, mut check: impl FnMut() -> (bool, String)) -> Result<()> {
     let start = Instant::now();
     loop {
@@ -372,7 +361,7 @@ pub fn wait_for_within(what: &str, limit: Duration, mut check: impl FnMut() -> (
         if start.elapsed() > limit {
             bail!("expected {what}, but after {limit:?} it is {seen}");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
