@@ -13,7 +13,7 @@
  * Every check reads the request from user memory, which the caller can
  * change before the kernel reads it again (a double fetch): the ledger,
  * charged from the pin itself, stays the source of truth and an overrun
- * that slips through applies the cgroup's action (see check_overrun).
+ * that slips through applies the cgroup's action (see overrun()).
  */
 #include "ledger.bpf.h"
 

@@ -120,74 +120,79 @@ static __always_inline struct source_actions *actions_of(__u32 source)
 	return bpf_map_lookup_elem(&actions, &slot);
 }
 
-/* A charge raised `cgroup`'s usage to `after`: peak, pins.high crossing. */
-static __always_inline void raised(__u64 cgroup, struct cgroup_usage *u, __u64 after, __s64 delta)
+/*
+ * A charge raised `cgroup`'s usage to `after`: peak, a pins.high crossing,
+ * and whether it is now over its pins.max (a `max` event). Returns the
+ * action the cgroup's limit asks for, or -1 if it is within its max.
+ */
+static __always_inline int raised(__u64 cgroup, struct cgroup_usage *u, __u64 after, __s64 delta)
 {
 	struct cgroup_limit *lim = bpf_map_lookup_elem(&limits, &cgroup);
 
 	if (after > u->peak)
 		u->peak = after;	/* racy by design: peak is a watermark */
-	if (lim && after - delta <= lim->high && after > lim->high)
+	if (!lim)
+		return -1;
+	if (after - delta <= lim->high && after > lim->high)
 		__sync_fetch_and_add(&u->events_high, 1);
-}
-
-/* Add `delta` bytes (negative: remove) along the object's ancestry. */
-static __always_inline void apply(const struct pin_object *obj, __u32 source, __s64 delta)
-{
-	struct cgroup_usage *u;
-	__u32 src = source;
-
-	if (src >= PINCG_NR_SOURCES)
-		return;
-	for (int i = 0; i < PINCG_MAX_DEPTH; i++) {
-		if (i >= obj->depth)
-			break;
-		u = usage_of(obj->ancestors[i]);
-		if (!u)
-			continue;
-		__sync_fetch_and_add(&u->total[src], delta);
-		if (delta > 0)
-			raised(obj->ancestors[i], u, usage_sum(u), delta);
-	}
-	u = usage_of(obj->cgroup);
-	if (u)
-		__sync_fetch_and_add(&u->local[src], delta);
+	if (after <= lim->max)
+		return -1;
+	__sync_fetch_and_add(&u->events_max, 1);
+	return lim->action;
 }
 
 /*
- * After a charge: every ancestor now over its pins.max counts an event, and
- * in enforce mode the strictest action applies (kill: SIGKILL to the
- * pinning task, which is current in every charge hook). Freeze is applied
- * by the agent, which sees the overrun in the ledger.
+ * A charge took at least one cgroup over its pins.max where nothing refused
+ * it: count the overrun and, in enforce mode, apply the strictest action
+ * (kill: SIGKILL to the pinning task, which is current in every charge
+ * hook). Freeze is applied by the agent, which sees the overrun.
  */
-static __always_inline void check_overrun(const struct pin_object *obj, __u32 source)
+static __always_inline void overrun(const struct pin_object *obj, __u32 source, bool kill)
 {
 	struct source_actions *acts = actions_of(source);
-	bool kill = false, over = false;
 
-	for (int i = 0; i < PINCG_MAX_DEPTH; i++) {
-		struct cgroup_usage *u;
-		struct cgroup_limit *lim;
-		__u64 id;
-
-		if (i >= obj->depth)
-			break;
-		id = obj->ancestors[i];
-		lim = bpf_map_lookup_elem(&limits, &id);
-		u = bpf_map_lookup_elem(&usage, &id);
-		if (!lim || !u || usage_sum(u) <= lim->max)
-			continue;
-		__sync_fetch_and_add(&u->events_max, 1);
-		over = true;
-		kill |= lim->action == PINCG_ACT_KILL;
-	}
-	if (!over || !acts)
+	if (!acts)
 		return;
 	__sync_fetch_and_add(&acts->overruns, 1);
 	if (kill && enforcing() && obj->tgid == bpf_get_current_pid_tgid() >> 32) {
 		bpf_send_signal(9 /* SIGKILL */);
 		__sync_fetch_and_add(&acts->killed, 1);
 	}
+}
+
+/*
+ * Add `delta` bytes (negative: remove) along the object's ancestry, in one
+ * pass: a charge also keeps peaks, counts pins.high crossings and, where it
+ * takes a cgroup over its pins.max, the overrun and its action.
+ */
+static __always_inline void apply(const struct pin_object *obj, __u32 source, __s64 delta)
+{
+	struct cgroup_usage *u;
+	bool over = false, kill = false;
+	__u32 src = source;
+
+	if (src >= PINCG_NR_SOURCES)
+		return;
+	for (int i = 0; i < PINCG_MAX_DEPTH; i++) {
+		int action;
+
+		if (i >= obj->depth)
+			break;
+		u = usage_of(obj->ancestors[i]);
+		if (!u)
+			continue;
+		__sync_fetch_and_add(&u->total[src], delta);
+		if (delta <= 0)
+			continue;
+		action = raised(obj->ancestors[i], u, usage_sum(u), delta);
+		over |= action >= 0;
+		kill |= action == PINCG_ACT_KILL;
+	}
+	u = usage_of(obj->cgroup);
+	if (u)
+		__sync_fetch_and_add(&u->local[src], delta);
+	if (over)
+		overrun(obj, source, kill);
 }
 
 /*
@@ -324,7 +329,6 @@ static __always_inline void record(struct pin_key *key, __u32 source, struct tas
 		return;
 	}
 	apply(obj, source, bytes);
-	check_overrun(obj, source);
 	count(PINCG_CNT_CHARGES);
 }
 
@@ -369,8 +373,6 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
 		return;
 	apply(obj, source, delta);
 	__sync_fetch_and_add(&obj->bytes, delta);
-	if (delta > 0)
-		check_overrun(obj, source);
 }
 
 /*
