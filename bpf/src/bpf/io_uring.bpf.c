@@ -138,8 +138,11 @@ int BPF_KRETPROBE(io_uring_unmapped_v61)
 /* The first unpin inside io_buffer_unmap: this put was the last one. */
 static __always_inline void unpinning(void)
 {
-	__u64 imu = inflight_take(&unmapping);
+	__u64 imu;
 
+	if (!inflight_any())
+		return;
+	imu = inflight_take(&unmapping);
 	if (imu)
 		ledger_release(imu, PINCG_SRC_IO_URING);
 }

@@ -388,11 +388,26 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
 		__type(value, __u64);			\
 	} name SEC(".maps")
 
+/*
+ * Entries in this object's in-flight maps. Witness hooks sit on paths every
+ * unpin on the node takes (unpin_user_page, ...): they test this first, one
+ * load, and look up their map only while some task is mid-release.
+ */
+__u64 pincg_inflight = 0;
+
+static __always_inline bool inflight_any(void)
+{
+	return *(volatile __u64 *)&pincg_inflight != 0;
+}
+
 static __always_inline void inflight_set(void *map, __u64 object)
 {
 	__u64 tid = bpf_get_current_pid_tgid();
 
-	bpf_map_update_elem(map, &tid, &object, BPF_ANY);
+	if (!bpf_map_update_elem(map, &tid, &object, BPF_NOEXIST))
+		__sync_fetch_and_add(&pincg_inflight, 1);
+	else
+		bpf_map_update_elem(map, &tid, &object, BPF_EXIST);
 }
 
 /* The current task's in-flight object, or 0; forgotten once read. */
@@ -402,8 +417,8 @@ static __always_inline __u64 inflight_take(void *map)
 	__u64 *slot = bpf_map_lookup_elem(map, &tid);
 	__u64 object = slot ? *slot : 0;
 
-	if (slot)
-		bpf_map_delete_elem(map, &tid);
+	if (slot && !bpf_map_delete_elem(map, &tid))
+		__sync_fetch_and_add(&pincg_inflight, -1);
 	return object;
 }
 

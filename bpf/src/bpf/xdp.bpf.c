@@ -54,7 +54,11 @@ int BPF_PROG(xdp_put_umem_done_v61)
 SEC("fentry/unpin_user_pages_dirty_lock")
 int BPF_PROG(xdp_unpin_v61)
 {
-	__u64 umem = inflight_take(&xdp_putting);
+	__u64 umem;
+
+	if (!inflight_any())
+		return 0;
+	umem = inflight_take(&xdp_putting);
 
 	if (umem)
 		ledger_release(umem, PINCG_SRC_XDP);
