@@ -25,8 +25,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn keeps(&self, row: &CgroupRow) -> bool {
-        let label = row.label();
+    /// Whether `row` (whose label is `label`) gets series.
+    fn keeps(&self, row: &CgroupRow, label: &str) -> bool {
         let under = self.prefixes.is_empty()
             || self.prefixes.iter().any(|p| label == *p || label.starts_with(&format!("{}/", p.trim_end_matches('/'))));
         let busy = row.current() > 0 || row.peak > 0 || row.limit.is_some() || row.events.max + row.events.high > 0;
@@ -88,7 +88,7 @@ fn cgroup_labels<'a>(row: &'a CgroupRow, label: &'a str) -> [(&'static str, &'a 
 /// Render the snapshot as Prometheus text format 0.0.4.
 pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
     let rows: Vec<(&CgroupRow, String)> =
-        snapshot.rows.iter().filter(|r| filter.keeps(r)).map(|r| (r, r.label())).collect();
+        snapshot.rows.iter().map(|r| (r, r.label())).filter(|(r, label)| filter.keeps(r, label)).collect();
     let mut e = Exposition { out: String::with_capacity(rows.len() * 1200 + 4096) };
 
     e.family(
@@ -254,7 +254,7 @@ mod tests {
             ..Snapshot::default()
         };
         let cgroups = |filter: &Filter| -> Vec<String> {
-            snapshot.rows.iter().filter(|r| filter.keeps(r)).map(CgroupRow::label).collect()
+            snapshot.rows.iter().map(CgroupRow::label).zip(&snapshot.rows).filter(|(l, r)| filter.keeps(r, l)).map(|(l, _)| l).collect()
         };
         assert_eq!(cgroups(&Filter::default()), ["/", "/machine.slice/vm", "/other"]);
         assert_eq!(cgroups(&Filter { all_cgroups: true, prefixes: vec![] }).len(), 4);

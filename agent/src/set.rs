@@ -79,7 +79,7 @@ pub fn run(pins: &PinPaths, mirror_root: &Path, cgroup: &str, key: Key, value: &
     let ledger = Ledger::open(pins)?;
     let started = Instant::now();
     loop {
-        if ledger.limits()?.get(&meta.ino()).is_some_and(|l| shows(l, key, &canonical)) || canonical_is_default(key, &canonical, &ledger, meta.ino())? {
+        if in_force(ledger.limits()?.get(&meta.ino()), key, &canonical) {
             return Ok(Outcome { file, value: canonical, in_force_after: Some(started.elapsed()) });
         }
         if started.elapsed() > IN_FORCE_TIMEOUT {
@@ -93,17 +93,14 @@ pub fn run(pins: &PinPaths, mirror_root: &Path, cgroup: &str, key: Key, value: &
     }
 }
 
-fn shows(limit: &CgroupLimit, key: Key, canonical: &str) -> bool {
-    match key {
-        Key::Max => limit.max.to_string() == canonical,
-        Key::High => limit.high.to_string() == canonical,
-        Key::Action => limit.action.to_string() == canonical,
+/// Whether the limit entry of the cgroup (if any) shows `canonical` for
+/// `key`. With no entry, every value is at its default (`max`, `alert`).
+fn in_force(limit: Option<&CgroupLimit>, key: Key, canonical: &str) -> bool {
+    match (limit, key) {
+        (Some(l), Key::Max) => l.max.to_string() == canonical,
+        (Some(l), Key::High) => l.high.to_string() == canonical,
+        (Some(l), Key::Action) => l.action.to_string() == canonical,
+        (None, Key::Max | Key::High) => canonical == "max",
+        (None, Key::Action) => canonical == "alert",
     }
-}
-
-/// Setting `max` (or `alert`) where no limit entry exists is in force
-/// once no entry exists or the entry shows it.
-fn canonical_is_default(key: Key, canonical: &str, ledger: &Ledger, cgroup: u64) -> anyhow::Result<bool> {
-    let default = matches!((key, canonical), (Key::Max | Key::High, "max") | (Key::Action, "alert"));
-    Ok(default && !ledger.limits()?.contains_key(&cgroup))
 }

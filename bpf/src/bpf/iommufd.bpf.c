@@ -21,8 +21,6 @@ struct iopt_pages {
 	void *uptr;
 } __attribute__((preserve_access_index));
 
-#define PAGE_BYTES 4096
-
 /* The iopt_pages a task is accounting, between entry and return. */
 PINCG_INFLIGHT_MAP(iommufd_busy);
 
@@ -33,7 +31,7 @@ static __always_inline void accounted(int ret)
 	if (!pages || ret)
 		return;
 	ledger_resize((__u64)pages, PINCG_SRC_IOMMUFD, BPF_CORE_READ(pages, source_task),
-		      (__u64)BPF_CORE_READ(pages, uptr), BPF_CORE_READ(pages, last_npinned) * PAGE_BYTES, false);
+		      (__u64)BPF_CORE_READ(pages, uptr), BPF_CORE_READ(pages, last_npinned) * PINCG_PAGE_SIZE, false);
 }
 
 SEC("kprobe/do_update_pinned")

@@ -422,10 +422,13 @@ static __always_inline __u64 inflight_take(void *map)
 	return object;
 }
 
+/* x86_64 pages: what the pages counted by subsystems (npgs, locked_vm) are. */
+#define PINCG_PAGE_SIZE 4096ULL
+
 /* Bytes of whole pages covering [addr, addr + len). */
 static __always_inline __u64 page_span(__u64 addr, __u64 len)
 {
-	const __u64 page = 4096;
+	const __u64 page = PINCG_PAGE_SIZE;
 
 	if (!len)
 		return 0;

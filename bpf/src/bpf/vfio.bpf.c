@@ -24,14 +24,12 @@ struct vfio_dma {
 	size_t locked_vm;
 } __attribute__((preserve_access_index));
 
-#define PAGE_BYTES 4096
-
 /* The dma a task is pinning or unpinning, between entry and return. */
 PINCG_INFLIGHT_MAP(vfio_busy);
 
 static __always_inline void sync_dma(struct vfio_dma *dma, bool existing_only)
 {
-	__u64 bytes = BPF_CORE_READ(dma, locked_vm) * PAGE_BYTES;
+	__u64 bytes = BPF_CORE_READ(dma, locked_vm) * PINCG_PAGE_SIZE;
 
 	ledger_resize((__u64)dma, PINCG_SRC_VFIO, BPF_CORE_READ(dma, task),
 		      BPF_CORE_READ(dma, vaddr), bytes, existing_only);

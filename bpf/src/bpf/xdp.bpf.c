@@ -20,8 +20,6 @@ struct xdp_umem_reg___pincg {
 	__u64 addr;
 } __attribute__((preserve_access_index));
 
-#define PAGE_BYTES 4096
-
 /* The umem a task is putting, between entry and return of xdp_put_umem. */
 PINCG_INFLIGHT_MAP(xdp_putting);
 
@@ -31,7 +29,7 @@ int BPF_PROG(xdp_umem_create_v61, struct xdp_umem_reg___pincg *mr, struct xdp_um
 	if (!umem || (__u64)umem >= (__u64)-4095)
 		return 0;
 	ledger_charge_current((__u64)umem, PINCG_SRC_XDP, BPF_CORE_READ(mr, addr),
-			      (__u64)BPF_CORE_READ(umem, npgs) * PAGE_BYTES);
+			      (__u64)BPF_CORE_READ(umem, npgs) * PINCG_PAGE_SIZE);
 	return 0;
 }
 
