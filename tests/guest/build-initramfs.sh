@@ -282,6 +282,9 @@ $BB grep -qw 'pincg.echo=0' /proc/cmdline && ECHO=/dev/null
 $BB mkfifo $P/fifo
 $BB tee $P/output < $P/fifo > $ECHO &
 teepid=$!
+# run-guest.sh tells a guest that died booting (retried) from one that died
+# running the command (reported) by this line on the console.
+echo "pincg-stage2: command started" > /dev/console
 if [ -f /mnt/out/cmd.sh ]; then
   /bin/bash /mnt/out/cmd.sh < /dev/null > $P/fifo 2>&1
   rc=$?

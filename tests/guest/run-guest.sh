@@ -105,7 +105,7 @@ fi
 mkdir -p "$OUT" || die "cannot create --out dir $OUT"
 OUT=$(cd "$OUT" && pwd -P)
 [[ "$OUT" != *,* ]] || die "--out dir '$OUT' contains a comma (QEMU -virtfs cannot take it)"
-rm -f "$OUT/rc" "$OUT/rc.tmp" "$OUT/output" "$OUT/console.log" "$OUT/qemu.log" "$OUT/cmd.sh"
+rm -f "$OUT/rc" "$OUT/rc.tmp" "$OUT/output" "$OUT/console.log" "$OUT/console.boot-failure.log" "$OUT/qemu.log" "$OUT/cmd.sh"
 
 CWD=$(pwd -P)
 {
@@ -178,13 +178,10 @@ if ((CONSOLE)); then
   tail -n +1 -F "$OUT/console.log" >&2 2>/dev/null &
   tailpid=$!
 fi
-start=$SECONDS
 # QEMU runs under timeout(1) in the background so that this script, if it is
 # itself killed or interrupted, can take QEMU down with it (timeout puts
 # itself in its own process group, so a Ctrl-C or a group kill aimed at the
 # caller would not reach it; timeout forwards the TERM to QEMU).
-timeout --kill-after=5 "$TIMEOUT" "$QEMU" "${QARGS[@]}" < /dev/null > "$OUT/qemu.log" 2>&1 &
-qpid=$!
 on_signal() {
   kill -TERM "$qpid" 2>/dev/null || true
   wait "$qpid" 2>/dev/null || true
@@ -192,15 +189,29 @@ on_signal() {
   echo "$PROG: interrupted; QEMU stopped" >&2
   exit 130
 }
-trap on_signal INT TERM HUP
-set +e
-wait "$qpid"
-qrc=$?
-set -e
-trap - INT TERM HUP
-elapsed=$((SECONDS - start))
-if [[ -n "$tailpid" ]]; then sleep 0.2; kill "$tailpid" 2>/dev/null || true; wait "$tailpid" 2>/dev/null || true; fi
-
+# TCG occasionally oopses a guest kernel while it patches its own code
+# during boot; a guest that died before the command started is booted once
+# more. One that died while running the command is reported, never retried.
+for attempt in 1 2; do
+  start=$SECONDS
+  timeout --kill-after=5 "$TIMEOUT" "$QEMU" "${QARGS[@]}" < /dev/null > "$OUT/qemu.log" 2>&1 &
+  qpid=$!
+  trap on_signal INT TERM HUP
+  set +e
+  wait "$qpid"
+  qrc=$?
+  set -e
+  trap - INT TERM HUP
+  elapsed=$((SECONDS - start))
+  if ((attempt == 1 && qrc == 0)) && [[ ! -s "$OUT/rc" ]] \
+      && ! grep -q "pincg-stage2: command started" "$OUT/console.log" 2>/dev/null; then
+    echo "$PROG: the guest died while booting, before the command started; booting once more. Its console:" >&2
+    grep -E "Oops|BUG|panic|RIP" "$OUT/console.log" | head -n 5 >&2 || true
+    mv "$OUT/console.log" "$OUT/console.boot-failure.log"
+    continue
+  fi
+  break
+done
 if ((qrc == 124 || qrc == 137)) && ((elapsed >= TIMEOUT)); then
   echo "$PROG: timeout: guest did not finish within ${TIMEOUT}s; QEMU killed (console: $OUT/console.log)" >&2
   exit 124
