@@ -77,6 +77,13 @@ pub struct SourceHooks {
     pub hooks: &'static [Hook],
 }
 
+impl SourceHooks {
+    /// Every module any variant of any hook attaches in.
+    pub fn modules(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.hooks.iter().flat_map(|h| h.variants.iter()).flat_map(|v| v.modules())
+    }
+}
+
 pub const IO_URING: SourceHooks = SourceHooks {
     object: "io_uring",
     hooks: &[

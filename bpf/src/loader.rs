@@ -96,12 +96,7 @@ pub fn load_all(paths: &PinPaths) -> Result<Vec<HookStatus>, Error> {
 /// Which instance of each module pincg hooks is loaded (`None`: not
 /// loaded): cheap to take, so [`refresh`] only parses BTF when it changed.
 pub fn module_instances() -> Vec<(&'static str, Option<u64>)> {
-    let mut modules: Vec<&'static str> = hooks::ALL_SOURCES
-        .iter()
-        .flat_map(|s| s.hooks.iter())
-        .flat_map(|h| h.variants.iter())
-        .flat_map(|v| v.modules())
-        .collect();
+    let mut modules: Vec<&'static str> = hooks::ALL_SOURCES.iter().flat_map(|s| s.modules()).collect();
     modules.sort_unstable();
     modules.dedup();
     modules.into_iter().map(|m| (m, module_instance(m))).collect()
@@ -142,12 +137,7 @@ pub fn probe(kernel: &dyn FunctionCatalog) -> Vec<HookStatus> {
 
 /// The variants to load, or the state every hook of the source is in.
 fn choose(source: &SourceHooks, kernel: &dyn FunctionCatalog) -> Result<Vec<&'static Variant>, HookState> {
-    let missing_module = source
-        .hooks
-        .iter()
-        .flat_map(|h| h.variants.iter())
-        .flat_map(|v| v.modules())
-        .find(|m| !kernel.module_loaded(m));
+    let missing_module = source.modules().find(|m| !kernel.module_loaded(m));
     match hooks::select(source, kernel) {
         Ok(chosen) => Ok(chosen),
         Err(_) if missing_module.is_some() => Err(HookState::WaitingForModule(missing_module.expect("checked"))),
