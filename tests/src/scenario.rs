@@ -82,17 +82,12 @@ impl Cgroup {
 
     /// Wait until this cgroup's `pins.current` reads exactly `bytes`.
     pub fn expect_current(&self, bytes: u64) -> Result<()> {
-        let file = self.mirror("pins.current");
-        wait_for(&format!("{} = {bytes}", file.display()), || {
-            let text = fs::read_to_string(&file).unwrap_or_else(|e| format!("<{e}>"));
-            (text.trim() == bytes.to_string(), text.trim().to_string())
-        })
+        self.expect_file("pins.current", &format!("{bytes}\n"))
     }
 
     /// Wait until `pins.stat` has `key bytes` for every pair given and 0
     /// for every other source.
     pub fn expect_stat(&self, pairs: &[(&str, u64)]) -> Result<()> {
-        let file = self.mirror("pins.stat");
         let expected: String = pincg_cgroup_spec::Source::ALL
             .iter()
             .map(|s| {
@@ -100,10 +95,7 @@ impl Cgroup {
                 format!("{} {v}\n", s.key())
             })
             .collect();
-        wait_for(&format!("{} = {expected:?}", file.display()), || {
-            let text = fs::read_to_string(&file).unwrap_or_else(|e| format!("<{e}>"));
-            (text == expected, format!("{text:?}"))
-        })
+        self.expect_file("pins.stat", &expected)
     }
 }
 
