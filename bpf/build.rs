@@ -25,6 +25,8 @@ fn main() {
                 include.clone().into_os_string(),
                 "-I".into(),
                 bpf_dir.clone().into_os_string(),
+                // v3: atomic fetch-and-add (the span counts), kernels >= 5.12.
+                "-mcpu=v3".into(),
                 "-Wall".into(),
                 "-Werror".into(),
             ])

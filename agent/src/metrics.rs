@@ -206,6 +206,7 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
         ("usage_full", c.usage_full),
         ("stale_object", c.stale_objects),
         ("unknown_release", c.unknown_releases),
+        ("spans_full", c.spans_full),
     ] {
         e.sample("pincg_ledger_events_total", &mut [("event", event)], n);
     }

@@ -135,7 +135,7 @@ fn render(file: InterfaceFile, row: &CgroupRow) -> String {
         InterfaceFile::Peak => render_current(row.peak),
         InterfaceFile::Events => render_events(&row.events),
         InterfaceFile::EventsLocal => render_events(&row.events_local),
-        InterfaceFile::Stat => render_stat(&row.total),
+        InterfaceFile::Stat => render_stat(&row.total, row.double_pinned()),
         InterfaceFile::Max | InterfaceFile::High | InterfaceFile::MaxAction => {
             unreachable!("{} is written by orchestrators", file.name())
         }

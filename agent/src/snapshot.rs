@@ -21,6 +21,8 @@ pub struct CgroupRow {
     pub total: PerSource,
     /// This cgroup alone.
     pub local: PerSource,
+    /// Unique bytes of this cgroup and its descendants (`pins.current`).
+    pub pinned: u64,
     /// `pins.peak`.
     pub peak: u64,
     /// `pins.events`: this cgroup's limit events and its descendants'.
@@ -38,7 +40,14 @@ pub struct CgroupRow {
 impl CgroupRow {
     /// `pins.current`.
     pub fn current(&self) -> u64 {
-        self.total.total()
+        self.pinned
+    }
+
+    /// Bytes pinned again by another source or object of the same process:
+    /// the sum over sources beyond `pins.current` (`pins.stat`'s
+    /// `double_pinned`).
+    pub fn double_pinned(&self) -> u64 {
+        self.total.total().saturating_sub(self.pinned)
     }
 
     /// The path for people: `/a/b`, or `(removed cgroup 1234)`.
@@ -61,6 +70,7 @@ impl CgroupRow {
             path: Some(path.into()),
             total,
             local: total,
+            pinned: bytes,
             peak: bytes,
             events: Events::default(),
             events_local: Events::default(),
@@ -100,6 +110,7 @@ impl Snapshot {
             path,
             total: PerSource::default(),
             local: PerSource::default(),
+            pinned: 0,
             peak: 0,
             events: Events::default(),
             events_local: Events::default(),
@@ -118,7 +129,7 @@ impl Snapshot {
                 None => continue,
             };
             let r = &mut rows[i];
-            (r.total, r.local, r.peak, r.events_local) = (u.total, u.local, u.peak, u.events);
+            (r.total, r.local, r.pinned, r.peak, r.events_local) = (u.total, u.local, u.pinned, u.peak, u.events);
         }
         propagate_events(&mut rows);
         rows.sort_by(|a, b| (a.path.is_none(), &a.path, a.id).cmp(&(b.path.is_none(), &b.path, b.id)));
@@ -154,7 +165,7 @@ mod tests {
         let tree = CgroupTree::default();
         let charged = PerSource([0, 0, 0, 4096, 0, 0]);
         let usage = [
-            CgroupUsage { cgroup: 7, local: charged, total: charged, peak: 4096, events: Events::default() },
+            CgroupUsage { cgroup: 7, local: charged, total: charged, pinned: 4096, peak: 4096, events: Events::default() },
             CgroupUsage { cgroup: 8, ..CgroupUsage::default() },
         ];
         let rows = Snapshot::build(&tree, &usage, &HashMap::new());

@@ -16,6 +16,10 @@
 /* Sizing of the maps (see docs/architecture.md, "BPF map sizing"). */
 #define PINCG_MAX_OBJECTS 131072
 #define PINCG_MAX_CGROUPS 16384
+#define PINCG_MAX_SPANS 262144
+
+/* Pages per entry of the `spans` map (512 KiB of user address space). */
+#define PINCG_SPAN_PAGES 128
 
 /* Keep in sync with cgroup-spec's `Source` (a unit test checks). */
 enum pincg_source {
@@ -41,7 +45,10 @@ enum pincg_counter {
 	/* Charges and releases recorded. */
 	PINCG_CNT_CHARGES = 4,
 	PINCG_CNT_RELEASES = 5,
-	PINCG_NR_COUNTERS = 6,
+	/* A span entry could not be created: the spans map is full, so the
+	 * pages were counted as not pinned by anything else (never less). */
+	PINCG_CNT_SPANS_FULL = 6,
+	PINCG_NR_COUNTERS = 7,
 };
 
 /* Enforcement mode, slot 0 of the `settings` array map. */
@@ -100,11 +107,31 @@ struct pin_object {
 	char comm[16];
 };
 
+/*
+ * Deduplication: how many live pin objects of one process, charged to one
+ * cgroup, cover each page of a 512 KiB stretch of its address space. A page
+ * whose count goes 0 -> 1 adds to the cgroup's unique `pinned` bytes; one
+ * that goes 1 -> 0 returns them.
+ */
+struct span_key {
+	__u64 cgroup;		/* cgroup v2 id the objects were charged to */
+	__u32 tgid;		/* the pinning process (one address space) */
+	__u32 pad;
+	__u64 index;		/* user page number / PINCG_SPAN_PAGES */
+};
+
+struct span_refs {
+	__u32 refs[PINCG_SPAN_PAGES];
+};
+
 /* Usage of one cgroup, per source, and its own limit events. */
 struct cgroup_usage {
 	__u64 local[PINCG_NR_SOURCES];	/* charged to this cgroup itself */
 	__u64 total[PINCG_NR_SOURCES];	/* this cgroup and its descendants */
-	__u64 peak;			/* highest sum of total[] seen */
+	/* Unique bytes of this cgroup and its descendants (pins.current):
+	 * memory pinned by several sources or objects counts once. */
+	__u64 pinned;
+	__u64 peak;			/* highest `pinned` seen */
 	__u64 events_max;		/* requests refused or overruns at this pins.max */
 	__u64 events_high;		/* crossings of this pins.high */
 };

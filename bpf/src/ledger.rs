@@ -22,7 +22,10 @@ pub struct CgroupUsage {
     pub local: PerSource,
     /// Charged to this cgroup and its descendants.
     pub total: PerSource,
-    /// The highest `total` sum seen (`pins.peak`).
+    /// Unique bytes of this cgroup and its descendants (`pins.current`):
+    /// pages pinned by several objects of one process count once.
+    pub pinned: u64,
+    /// The highest `pinned` seen (`pins.peak`).
     pub peak: u64,
     /// Events at this cgroup's own limits (`pins.events.local`).
     pub events: Events,
@@ -97,6 +100,8 @@ pub struct Counters {
     pub unknown_releases: u64,
     pub charges: u64,
     pub releases: u64,
+    /// Deduplication entries that could not be made (pages counted as new).
+    pub spans_full: u64,
 }
 
 impl Counters {
@@ -145,6 +150,7 @@ impl Ledger {
                 cgroup: decode::<u64>("usage", &key)?,
                 local: PerSource(raw.local),
                 total: PerSource(raw.total),
+                pinned: raw.pinned,
                 peak: raw.peak,
                 events: Events { high: raw.events_high, max: raw.events_max },
             });
@@ -188,6 +194,7 @@ impl Ledger {
             unknown_releases: slot(types::pincg_counter::PINCG_CNT_UNKNOWN_RELEASE.0)?,
             charges: slot(types::pincg_counter::PINCG_CNT_CHARGES.0)?,
             releases: slot(types::pincg_counter::PINCG_CNT_RELEASES.0)?,
+            spans_full: slot(types::pincg_counter::PINCG_CNT_SPANS_FULL.0)?,
         })
     }
 

@@ -7,7 +7,7 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/pincg";
 
 /// The maps shared by every pincg BPF object: the ledger, the limits and
 /// the enforcement settings.
-pub const SHARED_MAPS: [&str; 6] = ["objects", "usage", "counters", "limits", "settings", "actions"];
+pub const SHARED_MAPS: [&str; 7] = ["objects", "usage", "spans", "counters", "limits", "settings", "actions"];
 
 /// Pin locations under one root (`maps/<map>`, `links/<program>`), and the
 /// cgroup v2 root that cgroup programs attach to.

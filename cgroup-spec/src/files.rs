@@ -75,12 +75,19 @@ pub fn render_current(bytes: u64) -> String {
     format!("{bytes}\n")
 }
 
+/// The `pins.stat` key after the sources: bytes pinned again by another
+/// source or object of the same process, so that the sources add up to
+/// `pins.current` + `double_pinned`.
+pub const DOUBLE_PINNED: &str = "double_pinned";
+
 /// `pins.stat`: flat keyed, one `<source> <bytes>` line per source, every
-/// source always present, in [`crate::Source::ALL`] order.
-pub fn render_stat(per_source: &PerSource) -> String {
-    let mut out = String::with_capacity(96);
-    for (source, bytes) in per_source.iter() {
-        out.push_str(source.key());
+/// source always present, in [`crate::Source::ALL`] order, then
+/// [`DOUBLE_PINNED`].
+pub fn render_stat(per_source: &PerSource, double_pinned: u64) -> String {
+    let mut out = String::with_capacity(112);
+    let keys = per_source.iter().map(|(source, bytes)| (source.key(), bytes));
+    for (key, bytes) in keys.chain([(DOUBLE_PINNED, double_pinned)]) {
+        out.push_str(key);
         out.push(' ');
         out.push_str(&bytes.to_string());
         out.push('\n');
@@ -94,10 +101,10 @@ mod tests {
 
     #[test]
     fn stat_lists_every_source_in_order() {
-        let stat = render_stat(&PerSource([0, 0, 0, 67108864, 0, 0]));
+        let stat = render_stat(&PerSource([134217728, 0, 0, 67108864, 0, 0]), 134217728);
         assert_eq!(
             stat,
-            "vfio 0\niommufd 0\nrdma 0\nio_uring 67108864\nxdp 0\nother 0\n"
+            "vfio 134217728\niommufd 0\nrdma 0\nio_uring 67108864\nxdp 0\nother 0\ndouble_pinned 134217728\n"
         );
     }
 

@@ -10,5 +10,5 @@ mod source;
 
 pub use action::{parse_action, Action, ActionError};
 pub use bytes::{format_human, parse_limit, Limit, LimitError};
-pub use files::{render_current, render_events, render_stat, Events, InterfaceFile};
+pub use files::{render_current, render_events, render_stat, Events, InterfaceFile, DOUBLE_PINNED};
 pub use source::{PerSource, Source};

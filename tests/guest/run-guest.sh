@@ -13,8 +13,9 @@
 #   --timeout N    kill QEMU after N seconds of wall time (default 300); exit 124
 #   --mem M        guest memory (default 2G)
 #   --smp N        guest CPUs (default 2)
-#   --vfio         q35 + emulated Intel IOMMU (intremap) + QEMU `edu` PCI device,
-#                  guest cmdline intel_iommu=on: for VFIO type1 tests
+#   --vfio         q35 + emulated Intel IOMMU (intremap) + two QEMU `edu` PCI
+#                  devices (two IOMMU groups, as a VM with two assigned
+#                  devices), guest cmdline intel_iommu=on: for VFIO tests
 #   --rdma-net     a virtio-net NIC on a restricted user-mode network (nothing
 #                  leaves the guest), for rdma_rxe (soft-RoCE) tests
 #   --env N[=V]    also pass variable N (with value V, or the caller's value)
@@ -157,7 +158,7 @@ QARGS=(
 )
 if ((VFIO)); then
   # The IOMMU must come before the PCI devices it translates for.
-  QARGS+=(-machine q35,kernel-irqchip=split -device intel-iommu,intremap=on -device edu)
+  QARGS+=(-machine q35,kernel-irqchip=split -device intel-iommu,intremap=on -device edu -device edu)
   CMDLINE+=" intel_iommu=on"
 fi
 QARGS+=(

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 const PCI_DEVICES: &str = "/sys/bus/pci/devices";
 const PCI_DRIVERS_PROBE: &str = "/sys/bus/pci/drivers_probe";
@@ -18,18 +18,28 @@ const EDU_VENDOR: &str = "0x1234";
 const EDU_DEVICE: &str = "0x11e8";
 const VFIO_PCI: &str = "vfio-pci";
 
-/// Bind the `edu` device to `vfio-pci` and return its group's node,
+/// Bind the first `edu` device to `vfio-pci` and return its group's node,
 /// `/dev/vfio/<group>`. Idempotent: a device already bound is left as it is.
 pub fn vfio_edu_group() -> Result<PathBuf> {
+    bind_vfio(&first_edu()?)
+}
+
+/// Bind every `edu` device to `vfio-pci`: their group nodes, in PCI order.
+pub fn vfio_edu_groups() -> Result<Vec<PathBuf>> {
+    let devices = find_pci_devices(EDU_VENDOR, EDU_DEVICE)?;
+    devices.iter().map(|d| bind_vfio(d)).collect()
+}
+
+/// Bind one PCI device to `vfio-pci`; its group node.
+fn bind_vfio(device: &Path) -> Result<PathBuf> {
     // `modprobe` from PATH: in the guest it is the wrapper that knows where
     // the guest kernel's modules are. vfio.ko pulls in vfio_iommu_type1 as
     // a soft dependency.
     let status = Command::new("modprobe").arg(VFIO_PCI).status().context("running modprobe vfio-pci")?;
     ensure!(status.success(), "modprobe vfio-pci: {status}");
 
-    let device = find_pci_device(EDU_VENDOR, EDU_DEVICE)?;
     let bdf = device.file_name().and_then(|n| n.to_str()).context("PCI device name")?.to_string();
-    if driver_of(&device)?.as_deref() != Some(VFIO_PCI) {
+    if driver_of(device)?.as_deref() != Some(VFIO_PCI) {
         // driver_override makes vfio-pci the only driver that may claim the
         // device; the probe below then binds it.
         write(&device.join("driver_override"), VFIO_PCI)?;
@@ -37,7 +47,7 @@ pub fn vfio_edu_group() -> Result<PathBuf> {
             write(&device.join("driver/unbind"), &bdf)?;
         }
         write(Path::new(PCI_DRIVERS_PROBE), &bdf)?;
-        let driver = driver_of(&device)?;
+        let driver = driver_of(device)?;
         ensure!(
             driver.as_deref() == Some(VFIO_PCI),
             "{bdf} is bound to {driver:?} after writing it to {PCI_DRIVERS_PROBE}, not to {VFIO_PCI}"
@@ -57,7 +67,7 @@ pub fn vfio_edu_group() -> Result<PathBuf> {
 /// `/dev/vfio/devices/vfioN` (kernels with VFIO_DEVICE_CDEV, for iommufd).
 pub fn vfio_edu_cdev() -> Result<PathBuf> {
     vfio_edu_group()?;
-    let device = find_pci_device(EDU_VENDOR, EDU_DEVICE)?;
+    let device = first_edu()?;
     let dir = device.join("vfio-dev");
     let entry = fs::read_dir(&dir)
         .with_context(|| format!("reading {} (is the kernel built with VFIO_DEVICE_CDEV?)", dir.display()))?
@@ -75,15 +85,25 @@ pub fn allow_user(group: &Path, uid: u32) -> Result<()> {
         .with_context(|| format!("chown {uid}:{uid} {}", group.display()))
 }
 
-/// The PCI device directory whose `vendor` and `device` files match.
-fn find_pci_device(vendor: &str, device: &str) -> Result<PathBuf> {
+/// The first `edu` device.
+fn first_edu() -> Result<PathBuf> {
+    let devices = find_pci_devices(EDU_VENDOR, EDU_DEVICE)?;
+    devices.into_iter().next().context("no edu device")
+}
+
+/// The PCI device directories whose `vendor` and `device` files match, in
+/// PCI address order; at least one.
+fn find_pci_devices(vendor: &str, device: &str) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
     for entry in fs::read_dir(PCI_DEVICES).with_context(|| format!("listing {PCI_DEVICES}"))? {
         let path = entry.with_context(|| format!("listing {PCI_DEVICES}"))?.path();
         if read_id(&path.join("vendor"))? == vendor && read_id(&path.join("device"))? == device {
-            return Ok(path);
+            found.push(path);
         }
     }
-    bail!("no PCI device {vendor}:{device} in {PCI_DEVICES} (run the guest with --vfio)")
+    ensure!(!found.is_empty(), "no PCI device {vendor}:{device} in {PCI_DEVICES} (run the guest with --vfio)");
+    found.sort();
+    Ok(found)
 }
 
 /// The name of the driver bound to a PCI device, if any.

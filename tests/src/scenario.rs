@@ -86,13 +86,14 @@ impl Cgroup {
     }
 
     /// Wait until `pins.stat` has `key bytes` for every pair given and 0
-    /// for every other source.
+    /// for every other key (the sources, then `double_pinned`).
     pub fn expect_stat(&self, pairs: &[(&str, u64)]) -> Result<()> {
-        let expected: String = pincg_cgroup_spec::Source::ALL
-            .iter()
-            .map(|s| {
-                let v = pairs.iter().find(|(k, _)| *k == s.key()).map_or(0, |(_, v)| *v);
-                format!("{} {v}\n", s.key())
+        let keys = pincg_cgroup_spec::Source::ALL.iter().map(|s| s.key());
+        let expected: String = keys
+            .chain([pincg_cgroup_spec::DOUBLE_PINNED])
+            .map(|key| {
+                let v = pairs.iter().find(|(k, _)| *k == key).map_or(0, |(_, v)| *v);
+                format!("{key} {v}\n")
             })
             .collect();
         self.expect_file("pins.stat", &expected)
@@ -112,17 +113,29 @@ pub fn kernel_pinned_pages() -> Result<i64> {
     Ok(field("nr_foll_pin_acquired")? - field("nr_foll_pin_released")?)
 }
 
-/// At a quiescent point, the agent's node-wide total (the root cgroup's
-/// `pins.current`) equals what the kernel holds pinned: zero drift.
+/// At a quiescent point, the agent's node-wide total per source (the root
+/// cgroup's `pins.stat` sources: every pin counted, as the kernel counts pin
+/// references) equals what the kernel holds pinned: zero drift.
 pub fn expect_no_drift() -> Result<()> {
-    let root = Path::new(MIRROR_ROOT).join("pins.current");
-    wait_for("zero drift between pins.current of / and /proc/vmstat pinned pages", || {
-        let agent: i64 = fs::read_to_string(&root).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(-1);
+    let root = Path::new(MIRROR_ROOT).join("pins.stat");
+    wait_for("zero drift between the sources of /'s pins.stat and /proc/vmstat pinned pages", || {
+        let agent = fs::read_to_string(&root).map_or(-1, |t| sources_sum(&t));
         match kernel_pinned_pages() {
             Ok(pages) => (agent == pages * 4096, format!("agent {agent} B, kernel {} B", pages * 4096)),
             Err(e) => (false, e.to_string()),
         }
     })
+}
+
+/// The sum of the source lines of a `pins.stat` text (`double_pinned` is not
+/// a source).
+fn sources_sum(stat: &str) -> i64 {
+    let is_source = |key: &str| pincg_cgroup_spec::Source::ALL.iter().any(|s| s.key() == key);
+    stat.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(key, _)| is_source(key))
+        .filter_map(|(_, bytes)| bytes.parse::<i64>().ok())
+        .sum()
 }
 
 /// Poll `check` (which returns whether it holds and what it saw) until it

@@ -37,6 +37,13 @@ fn xdp_umem_end_to_end() {
     scenario("xdp", Guest::default());
 }
 
+/// The 7.x program variant (address spaces: `dev->as[asid].umem`, a
+/// 4-parameter `vduse_dev_dereg_umem`), on Debian's newest 7.x kernel.
+#[test]
+fn vduse_umem_end_to_end_on_7x() {
+    scenario("vduse-7x", Guest { series: "7".into(), ..Guest::default() });
+}
+
 #[test]
 fn vfio_type1_end_to_end() {
     scenario("vfio", Guest { vfio: true, ..Guest::default() });
@@ -55,6 +62,11 @@ fn rdma_soft_roce_end_to_end() {
 #[test]
 fn budget_refused_at_exactly_the_byte() {
     scenario("budget", Guest { vfio: true, rdma_net: true, ..Guest::default() });
+}
+
+#[test]
+fn pins_of_one_vm_count_once() {
+    scenario("dedup", Guest { vfio: true, ..Guest::default() });
 }
 
 #[test]

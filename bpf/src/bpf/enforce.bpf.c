@@ -90,7 +90,7 @@ static __always_inline int vfio_map_dma(unsigned long arg)
 		return 0;	/* the kernel's own copy will fail the same way */
 	if (req.flags & VFIO_DMA_MAP_FLAG_VADDR)
 		return 0;	/* re-points an existing mapping: nothing new pinned */
-	return admit(page_span(req.vaddr, req.size), PINCG_SRC_VFIO);
+	return admit(req.vaddr, req.size, PINCG_SRC_VFIO);
 }
 
 static __always_inline int iommufd_ioas_map(unsigned long arg)
@@ -99,11 +99,11 @@ static __always_inline int iommufd_ioas_map(unsigned long arg)
 
 	if (bpf_copy_from_user(&req, sizeof(req), (void *)arg))
 		return 0;
-	return admit(page_span(req.user_va, req.length), PINCG_SRC_IOMMUFD);
+	return admit(req.user_va, req.length, PINCG_SRC_IOMMUFD);
 }
 
-/* Bytes of an INVOKE_WRITE(REG_MR) request, or 0 for any other request. */
-static __always_inline __u64 rdma_reg_mr_bytes(unsigned long arg)
+/* Admit an INVOKE_WRITE(REG_MR) request; any other request passes. */
+static __always_inline int rdma_reg_mr(unsigned long arg)
 {
 	struct uverbs_ioctl_hdr hdr = {};
 	struct uverbs_reg_mr cmd = {};
@@ -128,24 +128,20 @@ static __always_inline __u64 rdma_reg_mr_bytes(unsigned long arg)
 	}
 	if (!reg_mr || !core_in || bpf_copy_from_user(&cmd, sizeof(cmd), (void *)core_in))
 		return 0;
-	return page_span(cmd.start, cmd.length);
+	return admit(cmd.start, cmd.length, PINCG_SRC_RDMA);
 }
 
 SEC("lsm.s/file_ioctl")
 int BPF_PROG(enforce_file_ioctl, struct file *file, unsigned int cmd, unsigned long arg, int ret)
 {
-	__u64 bytes;
-
 	if (ret)
 		return ret;
 	if (cmd == VFIO_IOMMU_MAP_DMA)
 		return vfio_map_dma(arg);
 	if (cmd == IOMMU_IOAS_MAP)
 		return iommufd_ioas_map(arg);
-	if (cmd == RDMA_VERBS_IOCTL) {
-		bytes = rdma_reg_mr_bytes(arg);
-		return bytes ? admit(bytes, PINCG_SRC_RDMA) : 0;
-	}
+	if (cmd == RDMA_VERBS_IOCTL)
+		return rdma_reg_mr(arg);
 	return 0;
 }
 
@@ -158,7 +154,7 @@ int enforce_setsockopt(struct bpf_sockopt *ctx)
 		return 1;
 	if ((void *)(req + 1) > ctx->optval_end)
 		return 1;
-	if (admit(page_span(req->addr, req->len), PINCG_SRC_XDP)) {
+	if (admit(req->addr, req->len, PINCG_SRC_XDP)) {
 		bpf_set_retval(-12 /* -ENOMEM */);
 		return 0;
 	}

@@ -32,6 +32,16 @@ struct {
 	__type(value, struct cgroup_usage);
 } usage SEC(".maps");
 
+/* Per-page pin counts of each (cgroup, process) for deduplication; entries
+ * exist only while some page of their stretch is pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, PINCG_MAX_SPANS);
+	__type(key, struct span_key);
+	__type(value, struct span_refs);
+} spans SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PINCG_NR_COUNTERS);
@@ -81,6 +91,123 @@ static __always_inline void count(enum pincg_counter which)
 		__sync_fetch_and_add(slot, 1);
 }
 
+/* x86_64 pages: what the pages counted by subsystems (npgs, locked_vm) are. */
+#define PINCG_PAGE_SIZE 4096ULL
+
+/* Bytes of whole pages covering [addr, addr + len). */
+static __always_inline __u64 page_span(__u64 addr, __u64 len)
+{
+	const __u64 page = PINCG_PAGE_SIZE;
+
+	if (!len)
+		return 0;
+	return ((addr + len + page - 1) & ~(page - 1)) - (addr & ~(page - 1));
+}
+
+enum span_op {
+	SPAN_COUNT_NEW,	/* count pages no object covers yet; change nothing */
+	SPAN_ADD,	/* one more object covers the pages */
+	SPAN_REMOVE,	/* one object less covers the pages */
+};
+
+/* A walk over user pages [first, end) of one process charged to one cgroup. */
+struct span_walk {
+	struct span_key key;
+	__u64 first;
+	__u64 end;
+	__u64 changed;	/* pages that were uncovered (COUNT_NEW, ADD) or now are (REMOVE) */
+	__u32 op;
+};
+
+/*
+ * The per-page loops below are branch-free (1 = true, 0 = false, from the
+ * sign bit of a difference): every page of an entry takes the same path, so
+ * the verifier walks one path per page rather than every combination.
+ */
+static __always_inline __u64 is_zero(__u64 v)
+{
+	return (v - 1) >> 63;	/* v < 2^32 here */
+}
+
+/* Whether page j lies in [lo, hi), all three in [0, PINCG_SPAN_PAGES]. */
+static __always_inline __u64 in_range(__u64 j, __u64 lo, __u64 hi)
+{
+	__u64 d = j - lo;
+
+	return (~d >> 63) & ((d - (hi - lo)) >> 63);
+}
+
+/* One `spans` entry of a walk: bpf_loop callback, step `i`. */
+static long span_step(__u64 i, struct span_walk *w)
+{
+	static const struct span_refs none;
+	__u64 index = w->first / PINCG_SPAN_PAGES + i;
+	__u64 base = index * PINCG_SPAN_PAGES;
+	__u64 lo = w->first > base ? w->first - base : 0;
+	__u64 hi = w->end - base < PINCG_SPAN_PAGES ? w->end - base : PINCG_SPAN_PAGES;
+	struct span_refs *r;
+	__u64 changed = 0, live = 0;
+
+	w->key.index = index;
+	r = bpf_map_lookup_elem(&spans, &w->key);
+	if (!r && w->op == SPAN_ADD) {
+		bpf_map_update_elem(&spans, &w->key, &none, BPF_NOEXIST);
+		r = bpf_map_lookup_elem(&spans, &w->key);
+		if (!r)
+			count(PINCG_CNT_SPANS_FULL);
+	}
+	if (!r) {
+		/* No page of this stretch is covered (or, for a release, its
+		 * entry could not be made and the pages were counted as new). */
+		w->changed += hi - lo;
+		return 0;
+	}
+	if (w->op == SPAN_COUNT_NEW) {
+		for (__u32 j = 0; j < PINCG_SPAN_PAGES; j++)
+			changed += in_range(j, lo, hi) & is_zero(r->refs[j]);
+	} else if (w->op == SPAN_ADD) {
+		for (__u32 j = 0; j < PINCG_SPAN_PAGES; j++) {
+			__u32 in = in_range(j, lo, hi);
+
+			changed += in & is_zero(__sync_fetch_and_add(&r->refs[j], in));
+		}
+	} else {
+		for (__u32 j = 0; j < PINCG_SPAN_PAGES; j++) {
+			/* A page no object covers is left at 0 (a release the
+			 * ledger cannot match is not taken twice). */
+			__u32 out = in_range(j, lo, hi) & (1 - is_zero(r->refs[j]));
+			__u64 old = __sync_fetch_and_add(&r->refs[j], -out);
+
+			changed += out & is_zero(old - 1);
+			live |= old - out;
+		}
+		if (!live)
+			bpf_map_delete_elem(&spans, &w->key);
+	}
+	w->changed += changed;
+	return 0;
+}
+
+/*
+ * Walk the pages of [addr, addr + bytes) (page-granular, `addr` rounded
+ * down) that `tgid` pinned under `cgroup`; returns the bytes that changed
+ * coverage (see span_walk.changed).
+ */
+static __always_inline __u64 span_walk(__u64 cgroup, __u32 tgid, __u64 addr, __u64 bytes, __u32 op)
+{
+	struct span_walk w = { .key = { .cgroup = cgroup, .tgid = tgid }, .op = op };
+	__u64 nr;
+
+	if (bytes < PINCG_PAGE_SIZE)
+		return 0;
+	w.first = addr / PINCG_PAGE_SIZE;
+	w.end = w.first + bytes / PINCG_PAGE_SIZE;
+	nr = (w.end - 1) / PINCG_SPAN_PAGES - w.first / PINCG_SPAN_PAGES + 1;
+	if (bpf_loop(nr, span_step, &w, 0) < 0)
+		return bytes;	/* beyond bpf_loop's 2^23 steps (4 TiB): all new */
+	return w.changed * PINCG_PAGE_SIZE;
+}
+
 static __always_inline struct cgroup_usage *usage_of(__u64 cgroup)
 {
 	static const struct cgroup_usage zero;
@@ -94,15 +221,6 @@ static __always_inline struct cgroup_usage *usage_of(__u64 cgroup)
 	if (!u)
 		count(PINCG_CNT_USAGE_FULL);
 	return u;
-}
-
-static __always_inline __u64 usage_sum(const struct cgroup_usage *u)
-{
-	__u64 sum = 0;
-
-	for (int s = 0; s < PINCG_NR_SOURCES; s++)
-		sum += u->total[s];
-	return sum;
 }
 
 static __always_inline bool enforcing(void)
@@ -125,7 +243,7 @@ static __always_inline struct source_actions *actions_of(__u32 source)
  * and whether it is now over its pins.max (a `max` event). Returns the
  * action the cgroup's limit asks for, or -1 if it is within its max.
  */
-static __always_inline int raised(__u64 cgroup, struct cgroup_usage *u, __u64 after, __s64 delta)
+static __always_inline int raised(__u64 cgroup, struct cgroup_usage *u, __u64 after, __u64 delta)
 {
 	struct cgroup_limit *lim = bpf_map_lookup_elem(&limits, &cgroup);
 
@@ -161,11 +279,13 @@ static __always_inline void overrun(const struct pin_object *obj, __u32 source, 
 }
 
 /*
- * Add `delta` bytes (negative: remove) along the object's ancestry, in one
- * pass: a charge also keeps peaks, counts pins.high crossings and, where it
- * takes a cgroup over its pins.max, the overrun and its action.
+ * Add `delta` bytes of `source` (negative: remove) along the object's
+ * ancestry, of which `unique` bytes were (or now are) pinned by nothing else
+ * of the process, in one pass: a charge also keeps peaks, counts pins.high
+ * crossings and, where it takes a cgroup over its pins.max, the overrun and
+ * its action.
  */
-static __always_inline void apply(const struct pin_object *obj, __u32 source, __s64 delta)
+static __always_inline void apply(const struct pin_object *obj, __u32 source, __s64 delta, __s64 unique)
 {
 	struct cgroup_usage *u;
 	bool over = false, kill = false;
@@ -174,6 +294,7 @@ static __always_inline void apply(const struct pin_object *obj, __u32 source, __
 	if (src >= PINCG_NR_SOURCES)
 		return;
 	for (int i = 0; i < PINCG_MAX_DEPTH; i++) {
+		__u64 after;
 		int action;
 
 		if (i >= obj->depth)
@@ -182,9 +303,10 @@ static __always_inline void apply(const struct pin_object *obj, __u32 source, __
 		if (!u)
 			continue;
 		__sync_fetch_and_add(&u->total[src], delta);
-		if (delta <= 0)
+		after = __sync_fetch_and_add(&u->pinned, unique) + unique;
+		if (unique <= 0)
 			continue;
-		action = raised(obj->ancestors[i], u, usage_sum(u), delta);
+		action = raised(obj->ancestors[i], u, after, unique);
 		over |= action >= 0;
 		kill |= action == PINCG_ACT_KILL;
 	}
@@ -196,13 +318,16 @@ static __always_inline void apply(const struct pin_object *obj, __u32 source, __
 }
 
 /*
- * At a refusal point, before anything is pinned: would `bytes` more take
- * the current task's cgroup or an ancestor over its pins.max? Counts the
+ * At a refusal point, before anything is pinned: would pinning [addr,
+ * addr + len) take the current task's cgroup or an ancestor over its
+ * pins.max? Only pages the process has not pinned already count. Counts the
  * event at each such cgroup; returns -ENOMEM to refuse (enforce mode) or 0.
  */
-static __always_inline int admit(__u64 bytes, __u32 source)
+static __always_inline int admit(__u64 addr, __u64 len, __u32 source)
 {
 	struct source_actions *acts = actions_of(source);
+	__u64 bytes = span_walk(bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid() >> 32,
+				addr, page_span(addr, len), SPAN_COUNT_NEW);
 	bool over = false;
 
 	for (int level = 0; level < PINCG_MAX_DEPTH; level++) {
@@ -216,7 +341,7 @@ static __always_inline int admit(__u64 bytes, __u32 source)
 		if (!lim)
 			continue;
 		u = usage_of(id);
-		if (!u || usage_sum(u) + bytes <= lim->max)
+		if (!u || u->pinned + bytes <= lim->max)
 			continue;
 		__sync_fetch_and_add(&u->events_max, 1);
 		over = true;
@@ -297,7 +422,8 @@ static __always_inline void ledger_release(__u64 object, __u32 source)
 		count(PINCG_CNT_UNKNOWN_RELEASE);
 		return;
 	}
-	apply(obj, source, -(__s64)obj->bytes);
+	apply(obj, source, -(__s64)obj->bytes,
+	      -(__s64)span_walk(obj->cgroup, obj->tgid, obj->addr, obj->bytes, SPAN_REMOVE));
 	bpf_map_delete_elem(&objects, &key);
 	count(PINCG_CNT_RELEASES);
 }
@@ -328,7 +454,7 @@ static __always_inline void record(struct pin_key *key, __u32 source, struct tas
 		count(PINCG_CNT_LEDGER_FULL);
 		return;
 	}
-	apply(obj, source, bytes);
+	apply(obj, source, bytes, span_walk(obj->cgroup, obj->tgid, addr, bytes, SPAN_ADD));
 	count(PINCG_CNT_CHARGES);
 }
 
@@ -361,7 +487,7 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
 {
 	struct pin_key key = { .object = object, .source = source };
 	struct pin_object *obj = bpf_map_lookup_elem(&objects, &key);
-	__s64 delta;
+	__s64 delta, unique;
 
 	if (!obj) {
 		if (!existing_only && bytes)
@@ -371,7 +497,12 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
 	delta = (__s64)bytes - (__s64)obj->bytes;
 	if (!delta)
 		return;
-	apply(obj, source, delta);
+	/* The object grows or shrinks at its end: the pages in between. */
+	if (delta > 0)
+		unique = span_walk(obj->cgroup, obj->tgid, obj->addr + obj->bytes, delta, SPAN_ADD);
+	else
+		unique = -(__s64)span_walk(obj->cgroup, obj->tgid, obj->addr + bytes, -delta, SPAN_REMOVE);
+	apply(obj, source, delta, unique);
 	__sync_fetch_and_add(&obj->bytes, delta);
 }
 
@@ -420,19 +551,6 @@ static __always_inline __u64 inflight_take(void *map)
 	if (slot && !bpf_map_delete_elem(map, &tid))
 		__sync_fetch_and_add(&pincg_inflight, -1);
 	return object;
-}
-
-/* x86_64 pages: what the pages counted by subsystems (npgs, locked_vm) are. */
-#define PINCG_PAGE_SIZE 4096ULL
-
-/* Bytes of whole pages covering [addr, addr + len). */
-static __always_inline __u64 page_span(__u64 addr, __u64 len)
-{
-	const __u64 page = PINCG_PAGE_SIZE;
-
-	if (!len)
-		return 0;
-	return ((addr + len + page - 1) & ~(page - 1)) - (addr & ~(page - 1));
 }
 
 #endif /* PINCG_LEDGER_BPF_H */

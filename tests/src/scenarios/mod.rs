@@ -3,6 +3,7 @@
 pub mod actions;
 pub mod bench;
 pub mod budget;
+pub mod dedup;
 pub mod demo;
 pub mod io_uring;
 pub mod hostile;
@@ -27,6 +28,7 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("owner-not-current", owner::run),
     ("rdma", rdma::run),
     ("budget", budget::run),
+    ("dedup", dedup::run),
     ("actions", actions::run),
     ("iommufd", iommufd::run),
     ("storm", storm::run),

@@ -7,6 +7,7 @@ pub mod io_uring;
 pub mod iommufd;
 pub mod rdma;
 pub mod vfio;
+pub mod vm;
 pub mod xdp;
 
 use std::io::{BufRead, Write};
