@@ -242,7 +242,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let node_budget = match opts.node_budget {
         Some(budget) => {
             let bytes = budget.bytes(crate::config::mem_total()?);
-            log(&format!("node budget {budget}: {bytes} bytes, in force as the limit of the root cgroup"));
+            let how = match budget {
+                NodeBudget::Bytes(_) => String::new(),
+                NodeBudget::PercentOfMemory(_) => format!(" ({budget})"),
+            };
+            log(&format!("node budget {bytes} bytes{how}, in force as the limit of the root cgroup"));
             Some(bytes)
         }
         None => None,

@@ -58,6 +58,11 @@ fn budget_refused_at_exactly_the_byte() {
 }
 
 #[test]
+fn node_budget_and_modes_from_the_config_file() {
+    scenario("node-budget", Guest { vfio: true, ..Guest::default() });
+}
+
+#[test]
 fn overrun_actions_and_high_crossings() {
     scenario("actions", Guest::default());
 }

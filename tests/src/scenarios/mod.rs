@@ -7,6 +7,7 @@ pub mod demo;
 pub mod io_uring;
 pub mod hostile;
 pub mod iommufd;
+pub mod node_budget;
 pub mod owner;
 pub mod preexisting;
 pub mod prometheus;
@@ -27,6 +28,7 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("owner-not-current", owner::run),
     ("rdma", rdma::run),
     ("budget", budget::run),
+    ("node-budget", node_budget::run),
     ("actions", actions::run),
     ("iommufd", iommufd::run),
     ("storm", storm::run),
