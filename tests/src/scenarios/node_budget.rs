@@ -3,7 +3,7 @@
 //! limits. Pins from two cgroups fill the budget to the byte and the next
 //! one is refused (VFIO MAP_DMA, decided in BPF at the root cgroup's
 //! limit); `--mode monitor` overrides the file; `pincg mode` switches back
-//! at runtime with every count kept.
+//! at runtime with every count kept; an agent without a budget lifts it.
 
 use std::process::Command;
 
@@ -11,7 +11,7 @@ use anyhow::{ensure, Result};
 
 use crate::devices::vfio_edu_group;
 use crate::scenario::{
-    expect_hook, expect_metric, expect_no_drift, pincg, sibling_binary, step, Agent, Cgroup, Workload,
+    expect_hook, expect_metric, expect_no_drift, http_get, pincg, sibling_binary, step, Agent, Cgroup, Workload,
 };
 
 const MIB: u64 = 1 << 20;
@@ -67,7 +67,7 @@ pub fn run() -> Result<()> {
 
     step("--mode monitor overrides the file: the 16 MiB goes through, counted as would_refuse");
     agent.kill()?;
-    let _agent = Agent::start_with(&["--config", CONFIG, "--mode", "monitor"])?;
+    let agent = Agent::start_with(&["--config", CONFIG, "--mode", "monitor"])?;
     expect_metric("pincg_mode{mode=\"monitor\"} 1")?;
     expect_metric("pincg_node_budget_bytes 100663296")?;
     qemu.run("map 0x20000000 16M")?;
@@ -85,6 +85,17 @@ pub fn run() -> Result<()> {
     root.expect_current(112 * MIB)?;
     expect_metric("pincg_refusals_total{outcome=\"refused\",source=\"vfio\"} 3")?;
     expect_metric("pincg_refusals_total{outcome=\"would_refuse\",source=\"vfio\"} 1")?;
+
+    step("an agent started without a node budget removes the one left in force");
+    agent.kill()?;
+    std::fs::write(CONFIG, "mode = \"enforce\"\n")?;
+    let _agent = Agent::start_with(&["--config", CONFIG])?;
+    expect_metric("pincg_mode{mode=\"enforce\"} 1")?;
+    let status = pincg(&["status", "--json"])?;
+    ensure!(!status.contains("\"max\": \"100663296\""), "the node budget is still in force:\n{status}");
+    ensure!(!http_get("/metrics")?.contains("\npincg_node_budget_bytes "), "a node budget series without a budget");
+    qemu.run("map 0x30000000 4K")?;
+    root.expect_current(112 * MIB + 4096)?;
 
     step("releasing returns the budget");
     qemu.run("close")?;
