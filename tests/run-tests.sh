@@ -16,14 +16,16 @@ status=0
 cargo test --workspace --lib --bins --tests -- --test-threads=2 || status=$?
 
 echo
-echo "=== short fuzz pass: limit and action parsers (cargo fuzz, ${PINCG_FUZZ_SECONDS:-30}s) ==="
+echo "=== short fuzz pass: limit file and config file parsers (cargo fuzz, ${PINCG_FUZZ_SECONDS:-20}s each) ==="
 command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked
-if (cd cgroup-spec && cargo fuzz run --sanitizer none limit_file -- -max_total_time="${PINCG_FUZZ_SECONDS:-30}" 2>&1 | tail -n 2); then
-  echo "fuzz pass: no crash"
-else
-  echo "fuzz pass: FAILED (crash artifacts in cgroup-spec/fuzz/artifacts)"
-  status=1
-fi
+for target in limit_file config_file; do
+  if (cd cgroup-spec && cargo fuzz run --sanitizer none "$target" -- -max_total_time="${PINCG_FUZZ_SECONDS:-20}" 2>&1 | tail -n 2); then
+    echo "fuzz pass $target: no crash"
+  else
+    echo "fuzz pass $target: FAILED (crash artifacts in cgroup-spec/fuzz/artifacts/$target)"
+    status=1
+  fi
+done
 
 echo
 echo "=== guest scenarios (kernel ${PINCG_KERNEL:-6.12}) ==="

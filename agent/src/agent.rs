@@ -12,6 +12,7 @@ use pincg_bpf::ledger::{Ledger, Mode};
 use pincg_bpf::loader::{self, HookState, HookStatus};
 use pincg_bpf::paths::PinPaths;
 use pincg_bpf::preflight;
+use pincg_cgroup_spec::config::NodeBudget;
 use pincg_cgroup_spec::{Action, Limit};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -38,6 +39,8 @@ pub struct Options {
     pub listen: SocketAddr,
     pub interval: Duration,
     pub mode: Mode,
+    /// All pins on the node together; enforced as the root cgroup's limit.
+    pub node_budget: Option<NodeBudget>,
     pub metrics: crate::metrics::Filter,
 }
 
@@ -85,6 +88,7 @@ impl Sampler {
             mode: Some(self.ledger.mode()?),
             actions: self.ledger.actions()?,
             limit_errors: 0,
+            node_budget: None,
             sample_duration: started.elapsed(),
             capacity: self.ledger.capacity(),
             preexisting: HashMap::new(),
@@ -181,7 +185,7 @@ impl Round {
         let live: HashSet<u64> = snapshot.rows.iter().filter(|r| r.path.is_some()).map(|r| r.id).collect();
         for row in &snapshot.rows {
             if let Some(rel) = &row.path {
-                self.limits.sync(self.sampler.ledger(), row.id, &self.mirror.dir(rel));
+                self.limits.sync(self.sampler.ledger(), row.id, &self.mirror.dir(rel), rel.is_empty());
             }
         }
         for gone in self.limits.cgroups().filter(|id| !live.contains(id)).collect::<Vec<_>>() {
@@ -190,6 +194,7 @@ impl Round {
         // What `sync` put in force shows from the next snapshot on; the
         // limits a row carries are always those the kernel enforces.
         snapshot.limit_errors = self.limits.errors;
+        snapshot.node_budget = self.limits.node_budget;
         if !self.preexisting.is_empty() && self.preexisting_checked.elapsed() >= PREEXISTING_POLL {
             self.preexisting.refresh();
             self.preexisting_checked = Instant::now();
@@ -234,11 +239,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let ledger = Ledger::open(&opts.pins)?;
     ledger.set_mode(opts.mode)?;
     log(&format!("mode {}", opts.mode));
+    let node_budget = match opts.node_budget {
+        Some(budget) => {
+            let bytes = budget.bytes(crate::config::mem_total()?);
+            let how = match budget {
+                NodeBudget::Bytes(_) => String::new(),
+                NodeBudget::PercentOfMemory(_) => format!(" ({budget})"),
+            };
+            log(&format!("node budget {bytes} bytes{how}, in force as the limit of the root cgroup"));
+            Some(bytes)
+        }
+        None => None,
+    };
+    // Start from the limits a previous agent left in force, so a limit
+    // (or node budget) dropped while no agent ran is removed.
+    let limits = Limits::resume(ledger.limits()?, node_budget);
     let cgroup_root = opts.pins.cgroup_root().to_path_buf();
     let mut round = Round {
         sampler: Sampler::new(ledger, cgroup_root.clone(), hooks),
         mirror: Mirror::new(&opts.mirror_root, cgroup_root),
-        limits: Limits::default(),
+        limits,
         frozen: HashSet::new(),
         preexisting: if fresh_ledger { Preexisting::scan() } else { Preexisting::default() },
         preexisting_checked: Instant::now(),

@@ -5,6 +5,10 @@
 //! garbage, negative, too large for 64 bits, a symlink, a directory or
 //! larger than a page leaves the previous value in force, and is reported
 //! once (log line and `pincg_limit_errors_total`) until its content changes.
+//!
+//! The node budget is the root cgroup's limit: the root's `pins.max` in
+//! force is the lower of the budget and the mirror root's own `pins.max`,
+//! so no file can lift it and no sync removes it.
 
 use std::collections::HashMap;
 use std::fs;
@@ -43,12 +47,20 @@ pub struct Limits {
     dirs: HashMap<u64, PathBuf>,
     /// Bad files seen since start, for the metrics.
     pub errors: u64,
+    /// Bytes all pins on the node together may not exceed.
+    pub node_budget: Option<u64>,
 }
 
 impl Limits {
-    /// Read the limit files of `cgroup` (mirror directory `dir`) and put
-    /// what changed in force.
-    pub fn sync(&mut self, ledger: &Ledger, cgroup: u64, dir: &Path) {
+    /// Start from the limits in force in BPF (`in_force`, left by a
+    /// previous agent), with the node budget of this agent's configuration.
+    pub fn resume(in_force: HashMap<u64, CgroupLimit>, node_budget: Option<u64>) -> Limits {
+        Limits { in_force, node_budget, ..Limits::default() }
+    }
+
+    /// Read the limit files of `cgroup` (mirror directory `dir`; `root`
+    /// for the root cgroup) and put what changed in force.
+    pub fn sync(&mut self, ledger: &Ledger, cgroup: u64, dir: &Path, root: bool) {
         if !self.dirs.contains_key(&cgroup) {
             self.dirs.insert(cgroup, dir.to_path_buf());
         }
@@ -56,6 +68,7 @@ impl Limits {
         let max = self.read(dir, InterfaceFile::Max, parse_limit, previous.max);
         let high = self.read(dir, InterfaceFile::High, parse_limit, previous.high);
         let action = self.read(dir, InterfaceFile::MaxAction, parse_action, previous.action);
+        let max = if root { within(max, self.node_budget) } else { max };
         let wanted = CgroupLimit { max, high, action };
         if self.in_force.get(&cgroup).copied().unwrap_or(NO_LIMIT) == wanted {
             return;
@@ -146,6 +159,15 @@ impl Limits {
     }
 }
 
+/// `limit`, lowered to `budget` if there is one.
+fn within(limit: Limit, budget: Option<u64>) -> Limit {
+    match (limit, budget) {
+        (Limit::Bytes(b), Some(budget)) => Limit::Bytes(b.min(budget)),
+        (Limit::Max, Some(budget)) => Limit::Bytes(budget),
+        (limit, None) => limit,
+    }
+}
+
 const NO_LIMIT: CgroupLimit = CgroupLimit { max: Limit::Max, high: Limit::Max, action: Action::Alert };
 
 /// Read a limit file: a regular file (not followed through a symlink) of at
@@ -233,6 +255,15 @@ mod tests {
         let reasons: Vec<&String> = limits.reported.values().collect();
         assert_eq!(reasons.len(), 1, "one file, its latest problem");
         assert!(reasons[0].contains("directory"));
+    }
+
+    #[test]
+    fn the_node_budget_bounds_the_roots_own_limit() {
+        assert_eq!(within(Limit::Max, Some(96 << 20)), Limit::Bytes(96 << 20));
+        assert_eq!(within(Limit::Bytes(1 << 30), Some(96 << 20)), Limit::Bytes(96 << 20));
+        assert_eq!(within(Limit::Bytes(64 << 20), Some(96 << 20)), Limit::Bytes(64 << 20));
+        assert_eq!(within(Limit::Bytes(64 << 20), None), Limit::Bytes(64 << 20));
+        assert_eq!(within(Limit::Max, None), Limit::Max);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod agent;
 mod cgroupfs;
+mod config;
 mod explain;
 mod http;
 mod labels;
@@ -15,7 +16,6 @@ mod snapshot;
 mod status;
 mod top;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,25 +47,11 @@ enum Command {
         /// Root of the mirror tree of pins.* files.
         #[arg(long, default_value = mirror::DEFAULT_ROOT)]
         mirror_root: PathBuf,
-        /// Address of the Prometheus endpoint.
-        #[arg(long, default_value = "127.0.0.1:9578")]
-        listen: SocketAddr,
         /// How often the ledger is read, in milliseconds.
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
-        /// `monitor` never refuses a pin (it counts what it would refuse);
-        /// `enforce` refuses pins over pins.max. `pincg mode` switches at
-        /// runtime.
-        #[arg(long, default_value = "monitor")]
-        mode: Mode,
-        /// Export series for every cgroup, not only those with pins, a
-        /// limit, a peak or events.
-        #[arg(long)]
-        metrics_all_cgroups: bool,
-        /// Export series only for cgroups under this path (repeatable),
-        /// e.g. `/machine.slice` or `/kubepods.slice`.
-        #[arg(long = "metrics-cgroup-prefix")]
-        metrics_prefixes: Vec<String>,
+        #[command(flatten)]
+        config: config::Flags,
     },
     /// Write a cgroup's pins.max, pins.high or pins.max.action and wait
     /// until the kernel enforces it.
@@ -149,14 +135,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let pins = || -> anyhow::Result<PinPaths> { Ok(PinPaths::new(&cli.pin_root, cgroup_root()?)) };
     match cli.command {
-        Command::Agent { mirror_root, listen, interval_ms, mode, metrics_all_cgroups, metrics_prefixes } => {
+        Command::Agent { mirror_root, interval_ms, config } => {
+            let (config, origin) = config.load()?;
+            agent::log(&format!("configuration: {origin}"));
             let opts = agent::Options {
                 pins: pins()?,
                 mirror_root,
-                listen,
+                listen: config.metrics.listen,
                 interval: Duration::from_millis(interval_ms.max(10)),
-                mode,
-                metrics: metrics::Filter { all_cgroups: metrics_all_cgroups, prefixes: metrics_prefixes },
+                mode: config.mode,
+                node_budget: config.node_budget,
+                metrics: metrics::Filter {
+                    all_cgroups: config.metrics.all_cgroups,
+                    prefixes: config.metrics.cgroup_prefixes,
+                },
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

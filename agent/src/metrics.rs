@@ -158,6 +158,14 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
     for (source, a) in &snapshot.actions {
         e.sample("pincg_kills_total", &mut [("source", source.key())], a.killed);
     }
+    e.family(
+        "pincg_node_budget_bytes",
+        "gauge",
+        "Bytes all long-term pins on the node together may not exceed (the agent's node_budget); no series without one.",
+    );
+    if let Some(bytes) = snapshot.node_budget {
+        e.sample("pincg_node_budget_bytes", &mut [], bytes);
+    }
     e.family("pincg_mode", "gauge", "1 for the enforcement mode in force.");
     if let Some(m) = snapshot.mode {
         e.sample("pincg_mode", &mut [("mode", m.to_string().as_str())], 1);
@@ -245,6 +253,9 @@ mod tests {
         let high = labels.replace(",pod_uid=", ",event=\"high\",pod_uid=");
         assert!(text.contains(&format!("pincg_events_total{{{high}}} 1\n")), "{text}");
         assert!(!text.contains("pincg_high_bytes{"), "no series for an unset pins.high");
+        assert!(!text.contains("\npincg_node_budget_bytes "), "no series without a node budget");
+        let budgeted = render(&Snapshot { node_budget: Some(100663296), ..Snapshot::default() }, &Filter::default());
+        assert!(budgeted.contains("\npincg_node_budget_bytes 100663296\n"), "{budgeted}");
     }
 
     #[test]

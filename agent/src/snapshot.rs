@@ -92,6 +92,8 @@ pub struct Snapshot {
     pub actions: Vec<(Source, SourceActions)>,
     /// Limit files refused since the agent started.
     pub limit_errors: u64,
+    /// The node budget in bytes, if the agent's configuration sets one.
+    pub node_budget: Option<u64>,
     /// How long reading the ledger and the cgroup tree took.
     pub sample_duration: std::time::Duration,
     /// Entries each ledger map can hold.

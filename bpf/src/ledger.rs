@@ -39,34 +39,8 @@ pub struct CgroupLimit {
     pub action: Action,
 }
 
-/// Enforcement mode (`enum pincg_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Never refuse; count what would have been refused.
-    Monitor,
-    Enforce,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Mode, String> {
-        match s {
-            "monitor" => Ok(Mode::Monitor),
-            "enforce" => Ok(Mode::Enforce),
-            other => Err(format!("{other:?} is not a mode (monitor or enforce)")),
-        }
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Monitor => "monitor",
-            Mode::Enforce => "enforce",
-        })
-    }
-}
+/// Enforcement mode (`enum pincg_mode`), defined with the spec.
+pub use pincg_cgroup_spec::Mode;
 
 /// Refusals and overruns of one source (`struct source_actions`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

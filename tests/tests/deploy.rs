@@ -8,10 +8,11 @@
 //! and alerts query only metrics the agent exports (or will, per the docs).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use pincg_cgroup_spec::config::{Config, DEFAULT_PATH};
 use pincg_tests::guest::{workspace_binary, workspace_root};
 use serde_json::Value;
 
@@ -208,6 +209,22 @@ fn agent_accepts_the_daemonset_args() {
     let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=/usr/local/bin/pincg ")).expect("ExecStart");
     let out = Command::new(&pincg).args(exec.split_whitespace()).arg("--help").output().expect("pincg runs");
     assert!(out.status.success(), "systemd unit: pincg {exec} --help: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The ConfigMap holds the agent's configuration file where the agent looks
+/// for it, and the agent takes it: the built-in defaults, written out.
+#[test]
+fn configmap_holds_a_config_the_agent_takes() {
+    let objects = rendered("base");
+    let text = object(&objects, "ConfigMap")["data"]["config.toml"].as_str().expect("config.toml in the ConfigMap");
+    let config = Config::parse(Path::new("configmap.yaml: config.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config, Config::default());
+    let pod = &object(&objects, "DaemonSet")["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"].as_array().expect("volumeMounts").iter().find(|m| m["name"] == "config");
+    let dir = Path::new(DEFAULT_PATH).parent().expect("a directory").to_str().expect("UTF-8");
+    assert_eq!(mount.map(|m| &m["mountPath"]), Some(&Value::from(dir)), "the ConfigMap is mounted at {dir}");
+    let volume = pod["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == "config");
+    assert_eq!(volume.map(|v| &v["configMap"]["name"]), Some(&Value::from("pincg-config")));
 }
 
 #[test]

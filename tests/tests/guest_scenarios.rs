@@ -70,6 +70,11 @@ fn pins_of_one_vm_count_once() {
 }
 
 #[test]
+fn node_budget_and_modes_from_the_config_file() {
+    scenario("node-budget", Guest { vfio: true, ..Guest::default() });
+}
+
+#[test]
 fn overrun_actions_and_high_crossings() {
     scenario("actions", Guest::default());
 }

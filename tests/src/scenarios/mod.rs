@@ -8,6 +8,7 @@ pub mod demo;
 pub mod io_uring;
 pub mod hostile;
 pub mod iommufd;
+pub mod node_budget;
 pub mod owner;
 pub mod preexisting;
 pub mod prometheus;
@@ -29,6 +30,7 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("rdma", rdma::run),
     ("budget", budget::run),
     ("dedup", dedup::run),
+    ("node-budget", node_budget::run),
     ("actions", actions::run),
     ("iommufd", iommufd::run),
     ("storm", storm::run),
