@@ -38,6 +38,11 @@ fn xdp_umem_end_to_end() {
 }
 
 #[test]
+fn vduse_umem_end_to_end() {
+    scenario("vduse", Guest::default());
+}
+
+#[test]
 fn vfio_type1_end_to_end() {
     scenario("vfio", Guest { vfio: true, ..Guest::default() });
 }

@@ -1,11 +1,11 @@
-//! `pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp`: a pinning process driven over
+//! `pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp|vduse`: a pinning process driven over
 //! stdin (see `pincg_tests::workload`).
 //!
 //! `--user UID` raises RLIMIT_MEMLOCK to unlimited, then drops to UID
 //! without capabilities, so the kernel's own accounting runs as it does for
 //! an unprivileged tenant.
 
-use pincg_tests::workload::{self, io_uring::Rings, iommufd::Iommufd, rdma::Rdma, vfio::Vfio, xdp::Xdp};
+use pincg_tests::workload::{self, io_uring::Rings, iommufd::Iommufd, rdma::Rdma, vduse::Vduse, vfio::Vfio, xdp::Xdp};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,11 +33,14 @@ fn main() {
         "rdma" => {
             workload::serve(&mut Rdma::default());
         }
+        "vduse" => {
+            workload::serve(&mut Vduse::default());
+        }
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp");
+    eprintln!("usage: pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp|vduse");
     std::process::exit(2)
 }
