@@ -1,5 +1,6 @@
 //! VDUSE umems: exact bytes under `other`, charged to the registering
-//! task's cgroup, returned by DEREG and by the device fd's release at exit.
+//! task's cgroup, returned by DEREG and by the device fd's release at exit;
+//! a budget refuses VDUSE_IOTLB_REG_UMEM before anything is pinned.
 //!
 //! The workload is the userspace side of a VDUSE virtio-net device. The
 //! kernel takes a umem only for the bounce range of a device on the vdpa
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 
-use crate::scenario::{expect_hook, expect_no_drift, pincg, skip, step, tool, Agent, Cgroup, Workload};
+use crate::scenario::{expect_hook, expect_metric, expect_no_drift, pincg, skip, step, tool, Agent, Cgroup, Workload};
 
 const MIB: u64 = 1 << 20;
 const DEVICE: &str = "pincg-vduse0";
@@ -29,7 +30,7 @@ pub fn run() -> Result<()> {
         tool("modprobe", &[module])?;
     }
     let cg = Cgroup::create("pincg-vduse")?;
-    let _agent = Agent::start()?;
+    let _agent = Agent::start_with(&["--mode", "enforce"])?;
     expect_hook("vduse:register", 1)?;
     expect_hook("vduse:release", 1)?;
 
@@ -63,11 +64,22 @@ pub fn run() -> Result<()> {
     cg.expect_current(0)?;
     expect_no_drift()?;
 
+    step("a 32 MiB budget refuses the 64 MiB umem in BPF (ENOMEM), 64 MiB fits exactly");
+    println!("   {}", pincg(&["set", &format!("/{}", cg.rel), "max", "32M"])?.trim());
+    cg.expect_file("pins.max", &format!("{}\n", 32 * MIB))?;
+    daemon.expect_err(&format!("reg {BOUNCE}"), "Cannot allocate memory")?;
+    expect_metric("pincg_refusals_total{outcome=\"refused\",source=\"other\"} 1")?;
+    cg.expect_stat(&[])?;
+    expect_no_drift()?;
+    println!("   {}", pincg(&["set", &format!("/{}", cg.rel), "max", "64M"])?.trim());
+    cg.expect_file("pins.max", &format!("{}\n", 64 * MIB))?;
+
     step("a second umem stays charged while the device leaves the bus, and is returned at exit");
     daemon.run(&format!("reg {BOUNCE}"))?;
     cg.expect_stat(&[("other", 64 * MIB)])?;
     tool("ip", &["link", "set", &interface, "down"])?;
     tool("vdpa", &["dev", "del", DEVICE])?;
+    println!("   {DEVICE} is off the vdpa bus");
     cg.expect_current(64 * MIB)?;
     daemon.exit()?;
     cg.expect_current(0)?;
