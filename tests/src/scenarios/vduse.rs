@@ -22,11 +22,11 @@ const DEVICE: &str = "pincg-vduse0";
 const BOUNCE: &str = "64M";
 
 pub fn run() -> Result<()> {
-    if !Path::new("/sys/module/vduse").exists() && tool("modprobe", &["vduse"]).is_err() {
+    if tool("modinfo", &["vduse"]).is_err() {
         skip("vduse", "this kernel has no vduse module (CONFIG_VDPA_USER, Debian 6.12 and later)");
         return Ok(());
     }
-    for module in ["virtio_vdpa", "virtio_net"] {
+    for module in ["vduse", "virtio_vdpa", "virtio_net"] {
         tool("modprobe", &[module])?;
     }
     let cg = Cgroup::create("pincg-vduse")?;
