@@ -182,10 +182,6 @@ impl Vfio {
     }
 }
 
-/// An IOVA: `0x`-prefixed hex or decimal.
-
-/// One VFIO ioctl. The kernel takes `arg` as an `unsigned long` either
-/// way: a value for some requests, a user pointer for others.
 impl super::Pinner for Vfio {
     fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
         Vfio::command(self, command, args)
