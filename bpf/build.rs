@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// One BPF object per pin source, so each loads when its hooks exist.
-const OBJECTS: &[&str] = &["io_uring", "vfio", "iommufd", "rdma", "xdp", "enforce"];
+const OBJECTS: &[&str] = &["io_uring", "vfio", "iommufd", "rdma", "xdp", "vduse", "enforce"];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -35,5 +35,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", source.display());
     }
     println!("cargo:rerun-if-changed={}", include.display());
-    println!("cargo:rerun-if-changed={}", bpf_dir.join("ledger.bpf.h").display());
+    for header in ["ledger.bpf.h", "vduse_uapi.h"] {
+        println!("cargo:rerun-if-changed={}", bpf_dir.join(header).display());
+    }
 }

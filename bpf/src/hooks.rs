@@ -230,8 +230,45 @@ pub const XDP: SourceHooks = SourceHooks {
     ],
 };
 
+/// VDUSE umems, charged to `other`: the register ioctl (REG_UMEM is inlined
+/// into it) and the deregistration, which gained an address-space id in 7.x.
+pub const VDUSE: SourceHooks = SourceHooks {
+    object: "vduse",
+    hooks: &[
+        Hook {
+            name: "vduse:register",
+            source: Source::Other,
+            variants: &[Variant {
+                attach: &[
+                    attach_mod("vduse_reg_umem", "vduse", "vduse_dev_ioctl", 3),
+                    attach_mod("vduse_reg_umem_done", "vduse", "vduse_dev_ioctl", 3),
+                ],
+            }],
+        },
+        Hook {
+            name: "vduse:release",
+            source: Source::Other,
+            variants: &[
+                Variant {
+                    attach: &[
+                        attach_mod("vduse_dereg_v612", "vduse", "vduse_dev_dereg_umem", 3),
+                        attach_mod("vduse_deregistered", "vduse", "vduse_dev_dereg_umem", 3),
+                    ],
+                },
+                Variant {
+                    attach: &[
+                        attach_mod("vduse_dereg_v72", "vduse", "vduse_dev_dereg_umem", 4),
+                        attach_mod("vduse_deregistered", "vduse", "vduse_dev_dereg_umem", 4),
+                    ],
+                },
+            ],
+        },
+    ],
+};
+
 /// The refusal points of the budget (`src/bpf/enforce.bpf.c`): one LSM
-/// program serves VFIO, iommufd and RDMA ioctls, a cgroup program AF_XDP.
+/// program serves VFIO, iommufd, RDMA and VDUSE ioctls, a cgroup program
+/// AF_XDP.
 pub const ENFORCE: SourceHooks = SourceHooks {
     object: "enforce",
     hooks: &[
@@ -251,6 +288,11 @@ pub const ENFORCE: SourceHooks = SourceHooks {
             variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
         },
         Hook {
+            name: "vduse:refuse",
+            source: Source::Other,
+            variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
+        },
+        Hook {
             name: "xdp:refuse",
             source: Source::Xdp,
             // A cgroup program has no kernel function; it needs AF_XDP.
@@ -260,7 +302,7 @@ pub const ENFORCE: SourceHooks = SourceHooks {
 };
 
 /// Every object pincg can load, in load order.
-pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &IOMMUFD, &RDMA, &XDP, &ENFORCE];
+pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &IOMMUFD, &RDMA, &XDP, &VDUSE, &ENFORCE];
 
 /// What the kernel offers: parameter counts of its functions.
 pub trait FunctionCatalog {
@@ -361,6 +403,17 @@ mod tests {
             ("unpin_user_folio", 2),
         ]));
         assert_eq!(programs(&k), ["io_uring_register_v72", "io_uring_free_node_v613"]);
+    }
+
+    #[test]
+    fn vduse_release_follows_the_address_space_parameter() {
+        let chosen = |dereg_params| {
+            let k = FakeKernel(HashMap::from([("vduse_dev_ioctl", 3), ("vduse_dev_dereg_umem", dereg_params)]));
+            select(&VDUSE, &k).unwrap().iter().map(|v| v.primary()).collect::<Vec<_>>()
+        };
+        assert_eq!(chosen(3), ["vduse_reg_umem", "vduse_dereg_v612"]);
+        assert_eq!(chosen(4), ["vduse_reg_umem", "vduse_dereg_v72"]);
+        assert!(VDUSE.modules().all(|m| m == "vduse"));
     }
 
     #[test]

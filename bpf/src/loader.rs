@@ -5,7 +5,7 @@
 //! adopted as it is: its programs kept running while no agent was up, and
 //! the maps they write are the ones this agent reads.
 //!
-//! Sources in modules (vfio_iommu_type1, ib_uverbs, ib_core) are loaded when
+//! Sources in modules (vfio_iommu_type1, ib_uverbs, ib_core, vduse) are loaded when
 //! the module appears; [`refresh`] is called periodically for that. Their
 //! links are pinned as `<program>@<module instance>` so that links of a
 //! module that was unloaded and loaded again are recognised as stale and
@@ -167,6 +167,7 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
         "iommufd" => load_object(skel::iommufd::IommufdSkelBuilder::default(), storage, source, &chosen, paths),
         "rdma" => load_object(skel::rdma::RdmaSkelBuilder::default(), storage, source, &chosen, paths),
         "xdp" => load_object(skel::xdp::XdpSkelBuilder::default(), storage, source, &chosen, paths),
+        "vduse" => load_object(skel::vduse::VduseSkelBuilder::default(), storage, source, &chosen, paths),
         "enforce" => load_object(skel::enforce::EnforceSkelBuilder::default(), storage, source, &chosen, paths),
         other => unreachable!("no skeleton is built for BPF object {other}"),
     }

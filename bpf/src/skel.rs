@@ -18,6 +18,10 @@ pub mod xdp {
     include!(concat!(env!("OUT_DIR"), "/xdp.skel.rs"));
 }
 
+pub mod vduse {
+    include!(concat!(env!("OUT_DIR"), "/vduse.skel.rs"));
+}
+
 pub mod enforce {
     include!(concat!(env!("OUT_DIR"), "/enforce.skel.rs"));
 }

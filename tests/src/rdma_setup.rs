@@ -4,11 +4,11 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::scenario::tool;
 use crate::workload::rdma;
 
 /// The RDMA device [`soft_roce`] creates.
@@ -29,16 +29,16 @@ pub fn soft_roce() -> Result<String> {
     // character devices) is a dependency of rdma_rxe up to 6.x, where it holds
     // ib_umem_get; from 7.x, with umem in ib_core, nothing loads it until
     // libibverbs' netlink query makes the kernel autoload it: load it here.
-    run("modprobe", &["rdma_rxe"])?;
-    run("modprobe", &["ib_uverbs"])?;
+    tool("modprobe", &["rdma_rxe"])?;
+    tool("modprobe", &["ib_uverbs"])?;
     let netdev = nic()?;
-    run("ip", &["link", "set", &netdev, "up"])?;
-    if run("ip", &["-o", "-4", "addr", "show", "dev", &netdev])?.trim().is_empty() {
-        run("ip", &["addr", "add", ADDRESS, "dev", &netdev])?;
+    tool("ip", &["link", "set", &netdev, "up"])?;
+    if tool("ip", &["-o", "-4", "addr", "show", "dev", &netdev])?.trim().is_empty() {
+        tool("ip", &["addr", "add", ADDRESS, "dev", &netdev])?;
     }
     let ibdev = Path::new("/sys/class/infiniband").join(DEVICE);
     if !ibdev.exists() {
-        run("rdma", &["link", "add", DEVICE, "type", "rxe", "netdev", &netdev])?;
+        tool("rdma", &["link", "add", DEVICE, "type", "rxe", "netdev", &netdev])?;
     }
     let uverbs = wait_for_uverbs()?;
     println!("   soft-RoCE {DEVICE} on {netdev}, {uverbs}");
@@ -89,12 +89,3 @@ fn uverbs_of(ibdev: &str) -> Option<String> {
     })
 }
 
-/// Run `program args`; it must succeed. Returns its stdout.
-fn run(program: &str, args: &[&str]) -> Result<String> {
-    let line = format!("{program} {}", args.join(" "));
-    let out = Command::new(program).args(args).output().with_context(|| format!("running `{line}`"))?;
-    if !out.status.success() {
-        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}

@@ -23,6 +23,17 @@ pub fn step(what: &str) {
     println!("== {what}");
 }
 
+/// Run `program` with `args` (root tools such as `ip`, `vdpa`, `modprobe`)
+/// and return its stdout; it must succeed.
+pub fn tool(program: &str, args: &[&str]) -> Result<String> {
+    let line = format!("{program} {}", args.join(" "));
+    let out = Command::new(program).args(args).output().with_context(|| format!("running `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Whether the running kernel is at least `major.minor`.
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

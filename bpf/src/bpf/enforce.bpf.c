@@ -6,8 +6,9 @@
  *
  *   lsm.s/file_ioctl   VFIO_IOMMU_MAP_DMA; IOMMU_IOAS_MAP; RDMA REG_MR sent
  *                      as an ioctl (rdma-core's ibv_reg_mr:
- *                      UVERBS_METHOD_INVOKE_WRITE). IOMMU_IOAS_COPY maps
- *                      pages already pinned and is not checked.
+ *                      UVERBS_METHOD_INVOKE_WRITE); VDUSE_IOTLB_REG_UMEM
+ *                      (source `other`). IOMMU_IOAS_COPY maps pages
+ *                      already pinned and is not checked.
  *   cgroup/setsockopt  AF_XDP XDP_UMEM_REG
  *
  * Every check reads the request from user memory, which the caller can
@@ -16,6 +17,7 @@
  * that slips through applies the cgroup's action (see overrun()).
  */
 #include "ledger.bpf.h"
+#include "vduse_uapi.h"
 
 #define VFIO_IOMMU_MAP_DMA 0x3b71
 #define VFIO_DMA_MAP_FLAG_VADDR (1 << 2)
@@ -102,6 +104,15 @@ static __always_inline int iommufd_ioas_map(unsigned long arg)
 	return admit(req.user_va, req.length, PINCG_SRC_IOMMUFD);
 }
 
+static __always_inline int vduse_reg_umem(unsigned long arg)
+{
+	struct vduse_iova_umem_req req = {};
+
+	if (bpf_copy_from_user(&req, sizeof(req), (void *)arg))
+		return 0;
+	return admit(req.uaddr, req.size, PINCG_SRC_OTHER);
+}
+
 /* Admit an INVOKE_WRITE(REG_MR) request; any other request passes. */
 static __always_inline int rdma_reg_mr(unsigned long arg)
 {
@@ -140,6 +151,8 @@ int BPF_PROG(enforce_file_ioctl, struct file *file, unsigned int cmd, unsigned l
 		return vfio_map_dma(arg);
 	if (cmd == IOMMU_IOAS_MAP)
 		return iommufd_ioas_map(arg);
+	if (cmd == VDUSE_IOTLB_REG_UMEM)
+		return vduse_reg_umem(arg);
 	if (cmd == RDMA_VERBS_IOCTL)
 		return rdma_reg_mr(arg);
 	return 0;

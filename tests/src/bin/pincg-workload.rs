@@ -1,11 +1,13 @@
-//! `pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp|vm`: a pinning process driven over
+//! `pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp|vduse|vm`: a pinning process driven over
 //! stdin (see `pincg_tests::workload`).
 //!
 //! `--user UID` raises RLIMIT_MEMLOCK to unlimited, then drops to UID
 //! without capabilities, so the kernel's own accounting runs as it does for
 //! an unprivileged tenant.
 
-use pincg_tests::workload::{self, io_uring::Rings, iommufd::Iommufd, rdma::Rdma, vfio::Vfio, vm::Vm, xdp::Xdp};
+use pincg_tests::workload::{
+    self, io_uring::Rings, iommufd::Iommufd, rdma::Rdma, vduse::Vduse, vfio::Vfio, vm::Vm, xdp::Xdp,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +35,9 @@ fn main() {
         "rdma" => {
             workload::serve(&mut Rdma::default());
         }
+        "vduse" => {
+            workload::serve(&mut Vduse::default());
+        }
         "vm" => {
             workload::serve(&mut Vm::default());
         }
@@ -41,6 +46,6 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp|vm");
+    eprintln!("usage: pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp|vduse|vm");
     std::process::exit(2)
 }

@@ -16,6 +16,7 @@ pub mod rdma;
 pub mod storm;
 pub mod refusal;
 pub mod scale;
+pub mod vduse;
 pub mod vfio;
 pub mod xdp;
 
@@ -26,6 +27,7 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("demo", demo::run),
     ("xdp", xdp::run),
     ("vfio", vfio::run),
+    ("vduse", vduse::run),
     ("owner-not-current", owner::run),
     ("rdma", rdma::run),
     ("budget", budget::run),

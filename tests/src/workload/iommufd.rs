@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::{anonymous_memory, ioctl, parse_iova, parse_size};
+use super::{anonymous_memory, ioctl, open, parse_iova, parse_size};
 
 const IOMMU_IOAS_ALLOC: libc::c_ulong = 0x3b81;
 const IOMMU_IOAS_COPY: libc::c_ulong = 0x3b83;
@@ -121,15 +121,6 @@ impl super::Pinner for Iommufd {
 
 fn index(text: &str) -> Result<usize, String> {
     text.parse().map_err(|_| format!("bad IOAS index {text:?}"))
-}
-
-fn open(path: &str) -> Result<OwnedFd, String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map(OwnedFd::from)
-        .map_err(|e| format!("open {path}: {e}"))
 }
 
 impl Iommufd {

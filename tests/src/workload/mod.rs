@@ -6,6 +6,7 @@ pub mod fdpass;
 pub mod io_uring;
 pub mod iommufd;
 pub mod rdma;
+pub mod vduse;
 pub mod vfio;
 pub mod vm;
 pub mod xdp;
@@ -97,6 +98,27 @@ pub fn drop_privileges(uid: u32) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Set RLIMIT_MEMLOCK, soft and hard, to `bytes`. Lowering needs no
+/// privilege, so this works after `--user` dropped them.
+pub fn memlock(bytes: usize) -> Result<(), String> {
+    let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        return Err(os_error("setrlimit(RLIMIT_MEMLOCK)"));
+    }
+    Ok(())
+}
+
+/// Open a device node for reading and writing.
+pub fn open(path: &str) -> Result<OwnedFd, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("open {path}: {e}"))
 }
 
 /// The last OS error, named after the call that failed.

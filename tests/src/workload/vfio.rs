@@ -22,7 +22,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::{anonymous_memory, ioctl, os_error, parse_iova, parse_size, reusable_memory};
+use super::{anonymous_memory, ioctl, memlock, open, parse_iova, parse_size, reusable_memory};
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO_TYPE is `';'` (0x3b), VFIO_BASE
 /// 100. `_IO` encodes no size or direction, so this is `0x3b00 | (100 + n)`.
@@ -182,25 +182,6 @@ impl Vfio {
     }
 }
 
-/// An IOVA: `0x`-prefixed hex or decimal.
-/// Set RLIMIT_MEMLOCK, soft and hard, to `bytes`. Lowering needs no
-/// privilege, so this works after `--user` dropped them.
-fn memlock(bytes: usize) -> Result<(), String> {
-    let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
-    // SAFETY: setrlimit reads the struct we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
-        return Err(os_error("setrlimit(RLIMIT_MEMLOCK)"));
-    }
-    Ok(())
-}
-
-fn open(path: &str) -> Result<OwnedFd, String> {
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("open {path}: {e}"))?;
-    Ok(file.into())
-}
-
-/// One VFIO ioctl. The kernel takes `arg` as an `unsigned long` either
-/// way: a value for some requests, a user pointer for others.
 impl super::Pinner for Vfio {
     fn command(&mut self, command: &str, args: &[&str]) -> Result<(), String> {
         Vfio::command(self, command, args)
