@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// One BPF object per pin source, so each loads when its hooks exist.
-const OBJECTS: &[&str] = &["io_uring", "vfio", "iommufd", "rdma", "xdp", "vduse", "enforce"];
+const OBJECTS: &[&str] = &["io_uring", "vfio", "iommufd", "rdma", "xdp", "vduse", "enforce", "enforce_syscall"];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

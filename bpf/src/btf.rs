@@ -73,6 +73,28 @@ impl FunctionCatalog for KernelBtf {
     fn module_loaded(&self, module: &str) -> bool {
         Path::new(MODULE_BTF_DIR).join(module).exists() || Path::new("/sys/module").join(module).exists()
     }
+
+    fn release(&self) -> (u32, u32) {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        parse_release(&release)
+    }
+}
+
+/// (major, minor) of a kernel release string such as `6.12.107+deb13-amd64`;
+/// (0, 0) if it has none.
+fn parse_release(release: &str) -> (u32, u32) {
+    let mut numbers = release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn release_is_major_and_minor() {
+        assert_eq!(super::parse_release("7.2.13+deb14-amd64\n"), (7, 2));
+        assert_eq!(super::parse_release("6.1.0-50-amd64"), (6, 1));
+        assert_eq!(super::parse_release(""), (0, 0));
+    }
 }
 
 impl Drop for KernelBtf {

@@ -68,12 +68,23 @@ pub struct Hook {
     pub variants: &'static [Variant],
 }
 
+/// What a kernel must be, beyond having the functions, for an object to
+/// load: a verifier rule that BTF cannot show.
+#[derive(Debug)]
+pub struct KernelRequirement {
+    /// Lowest kernel release (major, minor).
+    pub release: (u32, u32),
+    /// Why, for `pincg probe`.
+    pub why: &'static str,
+}
+
 /// Hooks that load together, from one BPF object (one per pin source, and
 /// one for the refusal points).
 #[derive(Debug)]
 pub struct SourceHooks {
     /// The BPF object (`src/bpf/<object>.bpf.c`).
     pub object: &'static str,
+    pub requires: Option<KernelRequirement>,
     pub hooks: &'static [Hook],
 }
 
@@ -86,6 +97,7 @@ impl SourceHooks {
 
 pub const IO_URING: SourceHooks = SourceHooks {
     object: "io_uring",
+    requires: None,
     hooks: &[
         Hook {
             name: "io_uring:register",
@@ -135,6 +147,7 @@ pub const IO_URING: SourceHooks = SourceHooks {
 
 pub const VFIO: SourceHooks = SourceHooks {
     object: "vfio",
+    requires: None,
     hooks: &[
         Hook {
             name: "vfio:pin",
@@ -158,6 +171,7 @@ pub const VFIO: SourceHooks = SourceHooks {
 
 pub const IOMMUFD: SourceHooks = SourceHooks {
     object: "iommufd",
+    requires: None,
     hooks: &[
         Hook {
             name: "iommufd:account",
@@ -187,6 +201,7 @@ pub const IOMMUFD: SourceHooks = SourceHooks {
 
 pub const RDMA: SourceHooks = SourceHooks {
     object: "rdma",
+    requires: None,
     hooks: &[
         Hook {
             name: "rdma:register",
@@ -209,6 +224,7 @@ pub const RDMA: SourceHooks = SourceHooks {
 
 pub const XDP: SourceHooks = SourceHooks {
     object: "xdp",
+    requires: None,
     hooks: &[
         Hook {
             name: "xdp:register",
@@ -234,6 +250,7 @@ pub const XDP: SourceHooks = SourceHooks {
 /// into it) and the deregistration, which gained an address-space id in 7.x.
 pub const VDUSE: SourceHooks = SourceHooks {
     object: "vduse",
+    requires: None,
     hooks: &[
         Hook {
             name: "vduse:register",
@@ -271,6 +288,7 @@ pub const VDUSE: SourceHooks = SourceHooks {
 /// AF_XDP.
 pub const ENFORCE: SourceHooks = SourceHooks {
     object: "enforce",
+    requires: None,
     hooks: &[
         Hook {
             name: "vfio:refuse",
@@ -301,8 +319,26 @@ pub const ENFORCE: SourceHooks = SourceHooks {
     ],
 };
 
+/// Refusal points on system calls, in their own object: only 7.x's verifier
+/// accepts fmod_ret on `__x64_sys_*` (without error injection), and a
+/// refused object must not take the ioctl refusal points down with it.
+pub const ENFORCE_SYSCALL: SourceHooks = SourceHooks {
+    object: "enforce_syscall",
+    requires: Some(KernelRequirement {
+        release: (7, 0),
+        why: "kernels before 7.0 refuse fmod_ret on system calls without error injection (verified on Debian 6.1 \
+              and 6.12); io_uring is enforced after the fact",
+    }),
+    hooks: &[Hook {
+        name: "io_uring:refuse",
+        source: Source::IoUring,
+        variants: &[Variant { attach: &[attach("enforce_io_uring_register", "__x64_sys_io_uring_register", 1)] }],
+    }],
+};
+
 /// Every object pincg can load, in load order.
-pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &IOMMUFD, &RDMA, &XDP, &VDUSE, &ENFORCE];
+pub const ALL_SOURCES: &[&SourceHooks] =
+    &[&IO_URING, &VFIO, &IOMMUFD, &RDMA, &XDP, &VDUSE, &ENFORCE, &ENFORCE_SYSCALL];
 
 /// What the kernel offers: parameter counts of its functions.
 pub trait FunctionCatalog {
@@ -312,10 +348,18 @@ pub trait FunctionCatalog {
 
     /// Whether `module` is loaded (or built in).
     fn module_loaded(&self, module: &str) -> bool;
+
+    /// The kernel release, (major, minor).
+    fn release(&self) -> (u32, u32);
 }
 
 /// The variant chosen for each hook of `source`, in hook order.
 pub fn select(source: &SourceHooks, kernel: &dyn FunctionCatalog) -> Result<Vec<&'static Variant>, Error> {
+    if let Some(req) = source.requires.as_ref().filter(|r| kernel.release() < r.release) {
+        let (major, minor) = req.release;
+        let hook = source.hooks[0].name;
+        return Err(Error::HookUnavailable { hook, reason: format!("needs kernel {major}.{minor} or later: {}", req.why) });
+    }
     source
         .hooks
         .iter()
@@ -359,6 +403,17 @@ mod tests {
         fn module_loaded(&self, _module: &str) -> bool {
             true
         }
+
+        fn release(&self) -> (u32, u32) {
+            (6, 12)
+        }
+    }
+
+    #[test]
+    fn syscall_refusal_needs_7x() {
+        let kernel = FakeKernel(HashMap::from([("__x64_sys_io_uring_register", 1)]));
+        let err = select(&ENFORCE_SYSCALL, &kernel).unwrap_err().to_string();
+        assert!(err.contains("needs kernel 7.0 or later"), "{err}");
     }
 
     fn programs(kernel: &FakeKernel) -> Vec<&'static str> {

@@ -169,6 +169,9 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
         "xdp" => load_object(skel::xdp::XdpSkelBuilder::default(), storage, source, &chosen, paths),
         "vduse" => load_object(skel::vduse::VduseSkelBuilder::default(), storage, source, &chosen, paths),
         "enforce" => load_object(skel::enforce::EnforceSkelBuilder::default(), storage, source, &chosen, paths),
+        "enforce_syscall" => {
+            load_object(skel::enforce_syscall::EnforceSyscallSkelBuilder::default(), storage, source, &chosen, paths)
+        }
         other => unreachable!("no skeleton is built for BPF object {other}"),
     }
 }

@@ -26,6 +26,10 @@ pub mod enforce {
     include!(concat!(env!("OUT_DIR"), "/enforce.skel.rs"));
 }
 
+pub mod enforce_syscall {
+    include!(concat!(env!("OUT_DIR"), "/enforce_syscall.skel.rs"));
+}
+
 pub mod iommufd {
     include!(concat!(env!("OUT_DIR"), "/iommufd.skel.rs"));
 }

@@ -318,16 +318,24 @@ static __always_inline void apply(const struct pin_object *obj, __u32 source, __
 }
 
 /*
- * At a refusal point, before anything is pinned: would pinning [addr,
- * addr + len) take the current task's cgroup or an ancestor over its
- * pins.max? Only pages the process has not pinned already count. Counts the
- * event at each such cgroup; returns -ENOMEM to refuse (enforce mode) or 0.
+ * Bytes of [addr, addr + len) the current process has not pinned already
+ * under its current cgroup: what pinning the range would add.
  */
-static __always_inline int admit(__u64 addr, __u64 len, __u32 source)
+static __always_inline __u64 new_bytes(__u64 addr, __u64 len)
+{
+	return span_walk(bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid() >> 32,
+			 addr, page_span(addr, len), SPAN_COUNT_NEW);
+}
+
+/*
+ * At a refusal point, before anything is pinned: would `bytes` new bytes
+ * take the current task's cgroup or an ancestor over its pins.max? Counts
+ * the event at each such cgroup; returns -ENOMEM to refuse (enforce mode)
+ * or 0.
+ */
+static __always_inline int admit_bytes(__u64 bytes, __u32 source)
 {
 	struct source_actions *acts = actions_of(source);
-	__u64 bytes = span_walk(bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid() >> 32,
-				addr, page_span(addr, len), SPAN_COUNT_NEW);
 	bool over = false;
 
 	for (int level = 0; level < PINCG_MAX_DEPTH; level++) {
@@ -354,6 +362,12 @@ static __always_inline int admit(__u64 addr, __u64 len, __u32 source)
 	}
 	__sync_fetch_and_add(&acts->refused, 1);
 	return -12; /* -ENOMEM */
+}
+
+/* admit_bytes() for pinning [addr, addr + len): only new pages count. */
+static __always_inline int admit(__u64 addr, __u64 len, __u32 source)
+{
+	return admit_bytes(new_bytes(addr, len), source);
 }
 
 /*

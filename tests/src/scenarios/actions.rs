@@ -1,16 +1,51 @@
 //! Where no refusal point exists (io_uring on 6.1/6.12), the cgroup's
 //! pins.max.action applies as soon as the ledger shows the overrun: alert
 //! counts, kill SIGKILLs the pinner from BPF, freeze freezes the cgroup.
-//! pins.high counts crossings, not pins.
+//! Where the kernel has one (io_uring_register on 7.x), the same requests
+//! are refused before pinning, at exactly the byte. pins.high counts
+//! crossings, not pins.
 
 use anyhow::{ensure, Result};
 
-use crate::scenario::{expect_metric, pincg, step, Agent, Cgroup, Workload};
+use crate::scenario::{expect_hook, expect_metric, pincg, skip, step, Agent, Cgroup, Workload};
 
 const MIB: u64 = 1 << 20;
 
 pub fn run() -> Result<()> {
     let _agent = Agent::start_with(&["--mode", "enforce"])?;
+    let probe = pincg(&["probe"])?;
+    if probe.lines().any(|l| l == "io_uring   refuse") {
+        refused_before_pinning()?;
+    } else {
+        ensure!(probe.lines().any(|l| l == "io_uring   act after"), "probe:\n{probe}");
+        acted_after()?;
+    }
+    high_crossings()
+}
+
+/// 7.x: io_uring_register is refused with ENOMEM before anything is pinned.
+fn refused_before_pinning() -> Result<()> {
+    expect_hook("io_uring:refuse", 1)?;
+    let why = "io_uring_register is refused before pinning on this kernel (7.x); act-after runs on 6.1/6.12";
+    skip("alert, kill and freeze on an io_uring overrun", why);
+    step("io_uring: with a 32 MiB budget, 16 + 16 MiB register, the next 4 KiB is refused, as is 64 MiB at once");
+    let cg = limited("pincg-actions/refused", "kill")?;
+    let mut w = Workload::spawn("refused", &cg, &["io_uring"])?;
+    w.run("ring")?;
+    w.expect_err("register 64M", "Cannot allocate memory")?;
+    cg.expect_current(0)?;
+    w.run("register2 16M,16M")?;
+    cg.expect_current(32 * MIB)?;
+    w.expect_err("update-fresh 0 4K", "Cannot allocate memory")?;
+    cg.expect_file("pins.events.local", "high 0\nmax 2\n")?;
+    expect_metric("pincg_refusals_total{outcome=\"refused\",source=\"io_uring\"} 2")?;
+    expect_metric("pincg_overruns_total{source=\"io_uring\"} 0")?;
+    w.run("unregister")?;
+    cg.expect_current(0)
+}
+
+/// 6.1/6.12: the cgroup's action applies once the ledger shows the overrun.
+fn acted_after() -> Result<()> {
 
     step("alert: a 64 MiB registration over a 32 MiB budget is counted, nothing else");
     let alert = limited("pincg-actions/alert", "alert")?;
@@ -46,6 +81,11 @@ pub fn run() -> Result<()> {
     w.run("unregister")?;
     freeze.expect_current(0)?;
 
+    Ok(())
+}
+
+/// pins.high: one event per crossing, not per pin.
+fn high_crossings() -> Result<()> {
     step("pins.high: one event per crossing, not per pin");
     let high = Cgroup::create("pincg-actions/high")?;
     println!("   {}", pincg(&["set", "/pincg-actions/high", "high", "32M"])?.trim());

@@ -81,17 +81,11 @@ impl super::Pinner for Rings {
             }
             ("register2", [sizes]) => self.register2(sizes),
             ("update-empty", [slot]) => {
-                let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
-                let tag = 0u64;
-                let update = RsrcUpdate2 {
-                    offset: slot.parse().map_err(|_| format!("bad slot {slot:?}"))?,
-                    data: &empty as *const _ as u64,
-                    tags: &tag as *const _ as u64,
-                    nr: 1,
-                    ..RsrcUpdate2::default()
-                };
-                let size = std::mem::size_of::<RsrcUpdate2>() as u32;
-                register(self.main()?, IORING_REGISTER_BUFFERS_UPDATE, (&update as *const RsrcUpdate2).cast(), size)
+                self.update(slot, libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 })
+            }
+            ("update-fresh", [slot, size]) => {
+                let size = parse_size(size)?;
+                self.update(slot, libc::iovec { iov_base: anonymous_memory(size)?, iov_len: size })
             }
             ("clone", []) => {
                 let dst = setup()?;
@@ -148,6 +142,20 @@ impl super::Pinner for Rings {
 }
 
 impl Rings {
+    /// BUFFERS_UPDATE of one slot (`update-empty <slot>` empties it,
+    /// `update-fresh <slot> <size>` puts a fresh buffer there).
+    fn update(&self, slot: &str, iov: libc::iovec) -> Result<(), String> {
+        let tag = 0u64;
+        let update = RsrcUpdate2 {
+            offset: slot.parse().map_err(|_| format!("bad slot {slot:?}"))?,
+            data: &iov as *const _ as u64,
+            tags: &tag as *const _ as u64,
+            nr: 1,
+            ..RsrcUpdate2::default()
+        };
+        let size = std::mem::size_of::<RsrcUpdate2>() as u32;
+        register(self.main()?, IORING_REGISTER_BUFFERS_UPDATE, (&update as *const RsrcUpdate2).cast(), size)
+    }
 
     /// `register2 16M,16M[,sparse]`: BUFFERS2 with a tag per buffer; the
     /// word `sparse` leaves an empty slot.
