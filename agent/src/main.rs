@@ -66,6 +66,12 @@ enum Command {
         /// e.g. `/machine.slice` or `/kubepods.slice`.
         #[arg(long = "metrics-cgroup-prefix")]
         metrics_prefixes: Vec<String>,
+        /// Live pin objects the ledger can hold [default: 131072], fixed
+        /// when the ledger is created: a ledger already pinned keeps its
+        /// size (`pincg unload` drops it). Pins beyond it are not charged
+        /// and count as ledger_full.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        ledger_objects: Option<u32>,
     },
     /// Write a cgroup's pins.max, pins.high or pins.max.action and wait
     /// until the kernel enforces it.
@@ -149,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let pins = || -> anyhow::Result<PinPaths> { Ok(PinPaths::new(&cli.pin_root, cgroup_root()?)) };
     match cli.command {
-        Command::Agent { mirror_root, listen, interval_ms, mode, metrics_all_cgroups, metrics_prefixes } => {
+        Command::Agent { mirror_root, listen, interval_ms, mode, metrics_all_cgroups, metrics_prefixes, ledger_objects } => {
             let opts = agent::Options {
                 pins: pins()?,
                 mirror_root,
@@ -157,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 interval: Duration::from_millis(interval_ms.max(10)),
                 mode,
                 metrics: metrics::Filter { all_cgroups: metrics_all_cgroups, prefixes: metrics_prefixes },
+                ledger_objects,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
