@@ -4,9 +4,12 @@ pub mod actions;
 pub mod bench;
 pub mod budget;
 pub mod demo;
+pub mod escape;
+pub mod exhaustion;
 pub mod io_uring;
 pub mod hostile;
 pub mod iommufd;
+pub mod lifecycle;
 pub mod owner;
 pub mod preexisting;
 pub mod prometheus;
@@ -32,6 +35,9 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("storm", storm::run),
     ("scale", scale::run),
     ("hostile", hostile::run),
+    ("escape", escape::run),
+    ("exhaustion", exhaustion::run),
+    ("lifecycle", lifecycle::run),
     ("preexisting", preexisting::run),
     ("prometheus", prometheus::run),
     ("bench", bench::run),
