@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pincg_bpf::ledger::{Ledger, Mode};
-use pincg_bpf::loader::{self, HookState, HookStatus};
+use pincg_bpf::loader::{self, HookState, HookStatus, LedgerObjects};
 use pincg_bpf::paths::PinPaths;
 use pincg_bpf::preflight;
 use pincg_cgroup_spec::config::NodeBudget;
@@ -42,6 +42,8 @@ pub struct Options {
     /// All pins on the node together; enforced as the root cgroup's limit.
     pub node_budget: Option<NodeBudget>,
     pub metrics: crate::metrics::Filter,
+    /// Capacity of a ledger created now (`--ledger-objects`).
+    pub ledger_objects: LedgerObjects,
 }
 
 /// Everything needed to take a snapshot.
@@ -66,18 +68,28 @@ impl Sampler {
     }
 
     /// Read the ledger and the cgroup tree into one snapshot, and drop the
-    /// usage entries of removed cgroups that have nothing charged.
+    /// entries of removed cgroups: usage entries with nothing charged, and
+    /// limits (nothing can be charged to a removed cgroup any more).
+    ///
+    /// The maps are read before the tree is scanned: an entry read then
+    /// belongs to a cgroup that existed before the scan, so one the scan
+    /// does not find was removed. (Scanned first, a cgroup created between
+    /// the scan and the read, with a charge under way, would look removed.)
     pub fn sample(&mut self) -> anyhow::Result<Snapshot> {
         let started = Instant::now();
+        let usage = self.ledger.usage()?;
+        let mut limits = self.ledger.limits()?;
         let tree = CgroupTree::scan(&self.cgroup_root)
             .with_context(|| format!("reading the cgroup tree at {}", self.cgroup_root.display()))?;
-        let usage = self.ledger.usage()?;
-        for u in &usage {
-            if u.total.total() == 0 && u.local.total() == 0 && !tree.contains(u.cgroup) {
-                self.ledger.forget_cgroup(u.cgroup)?;
-            }
+        let unused = |u: &pincg_bpf::ledger::CgroupUsage| u.total.total() == 0 && u.local.total() == 0;
+        for u in usage.iter().filter(|u| unused(u) && !tree.contains(u.cgroup)) {
+            self.ledger.forget_cgroup(u.cgroup)?;
         }
-        let mut rows = Snapshot::build(&tree, &usage, &self.ledger.limits()?);
+        for gone in limits.keys().filter(|id| !tree.contains(**id)).copied().collect::<Vec<_>>() {
+            self.ledger.forget_limit(gone)?;
+            limits.remove(&gone);
+        }
+        let mut rows = Snapshot::build(&tree, &usage, &limits);
         self.name_vms_in_pods(&mut rows)?;
         let counters = self.ledger.counters()?;
         Ok(Snapshot {
@@ -128,13 +140,13 @@ impl Sampler {
 
     /// Attach hooks whose module appeared, drop those whose module went.
     /// Parsing BTF is expensive: done only when a module came or went.
-    fn refresh_hooks(&mut self, pins: &PinPaths) -> anyhow::Result<()> {
+    fn refresh_hooks(&mut self, pins: &PinPaths, objects: LedgerObjects) -> anyhow::Result<()> {
         let modules = loader::module_instances();
         if modules == self.modules {
             return Ok(());
         }
         self.modules = modules;
-        if let Some(hooks) = loader::refresh(pins, &self.hooks)? {
+        if let Some(hooks) = loader::refresh(pins, &self.hooks, objects)? {
             let changed: Vec<HookStatus> = hooks
                 .iter()
                 .filter(|h| !self.hooks.iter().any(|old| old.hook == h.hook && old.state == h.state))
@@ -162,13 +174,13 @@ impl Round {
     /// Run a round every `interval` and check module hooks every
     /// [`MODULE_POLL`], forever. One bad round (a cgroup vanishing mid-walk,
     /// a full disk) is logged and retried; it never stops the agent.
-    fn repeat(mut self, interval: Duration, pins: &PinPaths, shared: &Shared) {
+    fn repeat(mut self, interval: Duration, pins: &PinPaths, objects: LedgerObjects, shared: &Shared) {
         let mut modules_checked = Instant::now();
         loop {
             let started = Instant::now();
             if modules_checked.elapsed() >= MODULE_POLL {
                 modules_checked = Instant::now();
-                if let Err(e) = self.sampler.refresh_hooks(pins) {
+                if let Err(e) = self.sampler.refresh_hooks(pins, objects) {
                     log(&format!("{e:#}"));
                 }
             }
@@ -189,7 +201,7 @@ impl Round {
             }
         }
         for gone in self.limits.cgroups().filter(|id| !live.contains(id)).collect::<Vec<_>>() {
-            self.limits.forget(self.sampler.ledger(), gone);
+            self.limits.forget(gone);
         }
         // What `sync` put in force shows from the next snapshot on; the
         // limits a row carries are always those the kernel enforces.
@@ -227,7 +239,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     preflight::check(opts.pins.root())?;
     // A ledger created now never saw the pins already held on the node.
     let fresh_ledger = !opts.pins.map("objects").exists();
-    let hooks = loader::load_all(&opts.pins)?;
+    let hooks = loader::load_all(&opts.pins, opts.ledger_objects)?;
     report_hooks(&hooks);
     if !hooks.iter().any(HookStatus::is_live) {
         let reason = hooks.iter().find_map(|h| match &h.state {
@@ -237,6 +249,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         bail!("no hook could be attached: {}", reason.unwrap_or_else(|| "no sources".into()));
     }
     let ledger = Ledger::open(&opts.pins)?;
+    report_capacity(&ledger, opts.ledger_objects);
     ledger.set_mode(opts.mode)?;
     log(&format!("mode {}", opts.mode));
     let node_budget = match opts.node_budget {
@@ -285,7 +298,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let pins = opts.pins.clone();
     std::thread::Builder::new()
         .name("pincg-rounds".into())
-        .spawn(move || round.repeat(opts.interval, &pins, &rounds))
+        .spawn(move || round.repeat(opts.interval, &pins, opts.ledger_objects, &rounds))
         .context("starting the round thread")?;
 
     let mut term = signal(SignalKind::terminate())?;
@@ -296,6 +309,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     log("stopping; BPF programs, the ledger and the limits stay pinned under the pin root");
     Ok(())
+}
+
+/// The ledger's capacity, and whether `--ledger-objects` could apply: an
+/// existing pinned ledger keeps the size it was created with.
+fn report_capacity(ledger: &Ledger, asked: LedgerObjects) {
+    let objects = ledger.capacity().into_iter().find(|(map, _)| *map == "objects").map_or(0, |(_, n)| n);
+    match asked {
+        Some(n) if n != objects => log(&format!(
+            "ledger capacity {objects} pin objects: the pinned ledger keeps its size; \
+             --ledger-objects {n} applies to a new ledger (after `pincg unload`)"
+        )),
+        _ => log(&format!("ledger capacity {objects} pin objects")),
+    }
 }
 
 fn report_hooks(hooks: &[HookStatus]) {

@@ -82,18 +82,14 @@ impl Limits {
         }
     }
 
-    /// Forget a removed cgroup: its limit (the BPF entry goes with it) and
-    /// what was read of its files.
-    pub fn forget(&mut self, ledger: &Ledger, cgroup: u64) {
+    /// Forget a removed cgroup: its limit and what was read of its files.
+    /// (Its BPF entry is dropped by the sampler, which sees it removed.)
+    pub fn forget(&mut self, cgroup: u64) {
         if let Some(dir) = self.dirs.remove(&cgroup) {
             self.seen.retain(|path, _| !path.starts_with(&dir));
             self.reported.retain(|path, _| !path.starts_with(&dir));
         }
-        if self.in_force.remove(&cgroup).is_some() {
-            if let Err(e) = ledger.set_limit(cgroup, &NO_LIMIT) {
-                log(&format!("removing the limit of removed cgroup {cgroup}: {e}"));
-            }
-        }
+        self.in_force.remove(&cgroup);
     }
 
     /// Every cgroup synced and not forgotten.

@@ -52,6 +52,12 @@ enum Command {
         interval_ms: u64,
         #[command(flatten)]
         config: config::Flags,
+        /// Live pin objects the ledger can hold [default: 131072], fixed
+        /// when the ledger is created: a ledger already pinned keeps its
+        /// size (`pincg unload` drops it). Pins beyond it are not charged
+        /// and count as ledger_full.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        ledger_objects: Option<u32>,
     },
     /// Write a cgroup's pins.max, pins.high or pins.max.action and wait
     /// until the kernel enforces it.
@@ -135,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let pins = || -> anyhow::Result<PinPaths> { Ok(PinPaths::new(&cli.pin_root, cgroup_root()?)) };
     match cli.command {
-        Command::Agent { mirror_root, interval_ms, config } => {
+        Command::Agent { mirror_root, interval_ms, config, ledger_objects } => {
             let (config, origin) = config.load()?;
             agent::log(&format!("configuration: {origin}"));
             let opts = agent::Options {
@@ -149,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     all_cgroups: config.metrics.all_cgroups,
                     prefixes: config.metrics.cgroup_prefixes,
                 },
+                ledger_objects,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

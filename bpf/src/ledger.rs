@@ -177,12 +177,7 @@ impl Ledger {
     pub fn set_limit(&self, cgroup: u64, limit: &CgroupLimit) -> Result<(), Error> {
         let key = cgroup.to_ne_bytes();
         if limit.max == Limit::Max && limit.high == Limit::Max {
-            return match self.limits.delete(&key) {
-                Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
-                    Err(Error::Pinned { path: "limits".into(), source: e })
-                }
-                _ => Ok(()),
-            };
+            return delete(&self.limits, "limits", cgroup);
         }
         let bytes = |l: Limit| match l {
             Limit::Bytes(b) => b,
@@ -267,16 +262,26 @@ impl Ledger {
     /// nothing charged. (No task can charge a removed cgroup, and with no
     /// objects left nothing can release to it, so this cannot race.)
     pub fn forget_cgroup(&self, cgroup: u64) -> Result<(), Error> {
-        match self.usage.delete(&cgroup.to_ne_bytes()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Pinned { path: "usage".into(), source }),
-        }
+        delete(&self.usage, "usage", cgroup)
+    }
+
+    /// Drop the limit of a cgroup that no longer exists.
+    pub fn forget_limit(&self, cgroup: u64) -> Result<(), Error> {
+        delete(&self.limits, "limits", cgroup)
     }
 
     fn lookup(&self, map: &MapHandle, name: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         map.lookup(key, MapFlags::ANY)
             .map_err(|source| Error::Pinned { path: name.into(), source })
+    }
+}
+
+/// Delete the entry of `cgroup` from a map keyed by cgroup id; one that is
+/// not there is no error.
+fn delete(map: &MapHandle, name: &'static str, cgroup: u64) -> Result<(), Error> {
+    match map.delete(&cgroup.to_ne_bytes()) {
+        Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => Err(Error::Pinned { path: name.into(), source: e }),
+        _ => Ok(()),
     }
 }
 

@@ -77,10 +77,15 @@ impl HookStatus {
     }
 }
 
+/// Capacity of the `objects` map (live pin objects) of a ledger created by
+/// this load; `None` keeps the compiled size (`PINCG_MAX_OBJECTS`). A
+/// ledger already pinned keeps the capacity it was created with.
+pub type LedgerObjects = Option<u32>;
+
 /// Load every source whose hooks exist on this kernel. Sources that cannot
 /// attach are reported, not fatal; a ledger that cannot be created or
 /// reused is.
-pub fn load_all(paths: &PinPaths) -> Result<Vec<HookStatus>, Error> {
+pub fn load_all(paths: &PinPaths, objects: LedgerObjects) -> Result<Vec<HookStatus>, Error> {
     quiet_libbpf();
     for dir in [paths.maps_dir(), paths.links_dir()] {
         fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
@@ -88,7 +93,7 @@ pub fn load_all(paths: &PinPaths) -> Result<Vec<HookStatus>, Error> {
     let kernel = KernelBtf::load()?;
     let mut statuses = Vec::new();
     for source in hooks::ALL_SOURCES {
-        statuses.extend(load_source(source, &kernel, paths)?);
+        statuses.extend(load_source(source, &kernel, paths, objects)?);
     }
     Ok(statuses)
 }
@@ -105,7 +110,7 @@ pub fn module_instances() -> Vec<(&'static str, Option<u64>)> {
 /// Bring module sources in line with the modules now loaded: attach those
 /// whose module appeared (or came back), drop links of modules that went.
 /// Returns the new statuses when anything changed.
-pub fn refresh(paths: &PinPaths, current: &[HookStatus]) -> Result<Option<Vec<HookStatus>>, Error> {
+pub fn refresh(paths: &PinPaths, current: &[HookStatus], objects: LedgerObjects) -> Result<Option<Vec<HookStatus>>, Error> {
     let kernel = KernelBtf::load()?;
     let mut changed = false;
     let mut statuses = Vec::new();
@@ -116,7 +121,7 @@ pub fn refresh(paths: &PinPaths, current: &[HookStatus]) -> Result<Option<Vec<Ho
         let waiting = before.iter().any(|h| matches!(h.state, HookState::WaitingForModule(m) if kernel.module_loaded(m)));
         if stale || waiting {
             changed = true;
-            statuses.extend(load_source(source, &kernel, paths)?);
+            statuses.extend(load_source(source, &kernel, paths, objects)?);
         } else {
             statuses.extend(before.into_iter().cloned());
         }
@@ -145,7 +150,12 @@ fn choose(source: &SourceHooks, kernel: &dyn FunctionCatalog) -> Result<Vec<&'st
     }
 }
 
-fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPaths) -> Result<Vec<HookStatus>, Error> {
+fn load_source(
+    source: &'static SourceHooks,
+    kernel: &KernelBtf,
+    paths: &PinPaths,
+    objects: LedgerObjects,
+) -> Result<Vec<HookStatus>, Error> {
     let chosen = match choose(source, kernel) {
         Ok(chosen) => chosen,
         Err(state) => {
@@ -162,16 +172,21 @@ fn load_source(source: &'static SourceHooks, kernel: &KernelBtf, paths: &PinPath
     remove_links(source, paths)?;
     let storage = &mut MaybeUninit::uninit();
     match source.object {
-        "io_uring" => load_object(skel::io_uring::IoUringSkelBuilder::default(), storage, source, &chosen, paths),
-        "vfio" => load_object(skel::vfio::VfioSkelBuilder::default(), storage, source, &chosen, paths),
-        "iommufd" => load_object(skel::iommufd::IommufdSkelBuilder::default(), storage, source, &chosen, paths),
-        "rdma" => load_object(skel::rdma::RdmaSkelBuilder::default(), storage, source, &chosen, paths),
-        "xdp" => load_object(skel::xdp::XdpSkelBuilder::default(), storage, source, &chosen, paths),
-        "vduse" => load_object(skel::vduse::VduseSkelBuilder::default(), storage, source, &chosen, paths),
-        "enforce" => load_object(skel::enforce::EnforceSkelBuilder::default(), storage, source, &chosen, paths),
-        "enforce_syscall" => {
-            load_object(skel::enforce_syscall::EnforceSyscallSkelBuilder::default(), storage, source, &chosen, paths)
-        }
+        "io_uring" => load_object(skel::io_uring::IoUringSkelBuilder::default(), storage, source, &chosen, paths, objects),
+        "vfio" => load_object(skel::vfio::VfioSkelBuilder::default(), storage, source, &chosen, paths, objects),
+        "iommufd" => load_object(skel::iommufd::IommufdSkelBuilder::default(), storage, source, &chosen, paths, objects),
+        "rdma" => load_object(skel::rdma::RdmaSkelBuilder::default(), storage, source, &chosen, paths, objects),
+        "xdp" => load_object(skel::xdp::XdpSkelBuilder::default(), storage, source, &chosen, paths, objects),
+        "vduse" => load_object(skel::vduse::VduseSkelBuilder::default(), storage, source, &chosen, paths, objects),
+        "enforce" => load_object(skel::enforce::EnforceSkelBuilder::default(), storage, source, &chosen, paths, objects),
+        "enforce_syscall" => load_object(
+            skel::enforce_syscall::EnforceSyscallSkelBuilder::default(),
+            storage,
+            source,
+            &chosen,
+            paths,
+            objects,
+        ),
         other => unreachable!("no skeleton is built for BPF object {other}"),
     }
 }
@@ -185,6 +200,7 @@ fn load_object<'obj, B: SkelBuilder<'obj>>(
     source: &'static SourceHooks,
     chosen: &[&'static Variant],
     paths: &PinPaths,
+    objects: LedgerObjects,
 ) -> Result<Vec<HookStatus>, Error> {
     let refused = |e: libbpf_rs::Error| {
         let reason = format!("the kernel refused BPF object {}: {e} (PINCG_LIBBPF_DEBUG=1 shows why)", source.object);
@@ -194,7 +210,7 @@ fn load_object<'obj, B: SkelBuilder<'obj>>(
         Ok(open) => open,
         Err(e) => return refused(e),
     };
-    prepare(open.open_object_mut(), chosen, paths)?;
+    prepare(open.open_object_mut(), chosen, paths, objects)?;
     match open.load() {
         Ok(loaded) => attach_and_pin(source, loaded.object(), chosen, paths),
         Err(e) => refused(e),
@@ -202,7 +218,9 @@ fn load_object<'obj, B: SkelBuilder<'obj>>(
 }
 
 /// Load only the chosen variants; share the ledger maps through their pins.
-fn prepare(open: &mut OpenObject, chosen: &[&Variant], paths: &PinPaths) -> Result<(), Error> {
+/// The `objects` map gets the capacity asked for if it is created now, and
+/// that of the pinned one otherwise.
+fn prepare(open: &mut OpenObject, chosen: &[&Variant], paths: &PinPaths, objects: LedgerObjects) -> Result<(), Error> {
     for mut prog in open.progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
         prog.set_autoload(chosen.iter().flat_map(|v| v.programs()).any(|p| p == name));
@@ -211,8 +229,14 @@ fn prepare(open: &mut OpenObject, chosen: &[&Variant], paths: &PinPaths) -> Resu
         let name = map.name().to_string_lossy().into_owned();
         if SHARED_MAPS.contains(&name.as_str()) {
             let path = paths.map(&name);
+            let pinned = MapHandle::from_pinned_path(&path).ok();
+            if name == "objects" {
+                if let Some(entries) = pinned.as_ref().map(|p| p.max_entries()).or(objects) {
+                    map.set_max_entries(entries).map_err(|source| Error::Pinned { path: path.clone(), source })?;
+                }
+            }
             let wanted = (map.key_size(), map.value_size(), map.max_entries());
-            if let Ok(pinned) = MapHandle::from_pinned_path(&path) {
+            if let Some(pinned) = pinned {
                 let found = (pinned.key_size(), pinned.value_size(), pinned.max_entries());
                 if found != wanted {
                     return Err(Error::LayoutMismatch { path, found, wanted });

@@ -203,6 +203,12 @@ impl Agent {
         self.child.id()
     }
 
+    /// Whether the agent process is still alive.
+    pub fn running(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.child.id())).exists()
+            && !fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default().contains(") Z ")
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -271,19 +277,30 @@ impl Workload {
     /// The workload must die of SIGKILL (the kill action) without having
     /// answered `command`.
     pub fn expect_killed(mut self, command: &str) -> Result<()> {
+        ensure!(self.run_unless_killed(command)?, "workload {}: `{command}` should get it killed, but it answered ok", self.name);
+        Ok(())
+    }
+
+    /// Send one command: `Ok(false)` if it answered `ok`, `Ok(true)` if the
+    /// workload died of SIGKILL (the kill action) instead of answering.
+    pub fn run_unless_killed(&mut self, command: &str) -> Result<bool> {
         writeln!(self.stdin, "{command}")?;
         self.stdin.flush()?;
         let mut reply = String::new();
         self.stdout.read_line(&mut reply)?;
+        if reply.trim() == "ok" {
+            println!("   {}: {command}", self.name);
+            return Ok(false);
+        }
         let status = self.child.wait()?;
         ensure!(
             std::os::unix::process::ExitStatusExt::signal(&status) == Some(9),
-            "workload {}: `{command}` should get it killed, but it answered {:?} and ended with {status}",
+            "workload {}: `{command}` answered {:?} and it ended with {status}",
             self.name,
             reply.trim()
         );
         println!("   {}: {command} -> killed by SIGKILL", self.name);
-        Ok(())
+        Ok(true)
     }
 
     /// Tell the workload to exit without releasing anything; wait for it.
@@ -301,6 +318,38 @@ impl Drop for Workload {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Entries in every BPF hash map on the node (pincg's ledger, limits and
+/// in-flight maps: the guest runs no other BPF), summed by map name, from
+/// `bpftool map`. Array maps are left out: their size never changes.
+pub fn map_entries() -> Result<std::collections::BTreeMap<String, usize>> {
+    let bpftool = |args: &[&str]| -> Result<serde_json::Value> {
+        let out = Command::new("bpftool").arg("-j").args(args).output().context("running bpftool")?;
+        ensure!(out.status.success(), "bpftool {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).with_context(|| format!("bpftool {} printed no JSON", args.join(" ")))
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for map in bpftool(&["map", "show"])?.as_array().context("bpftool map show: not a list")? {
+        let kind = map["type"].as_str().unwrap_or_default();
+        if !kind.contains("hash") {
+            continue;
+        }
+        let id = map["id"].as_u64().context("bpftool map show: a map without id")?.to_string();
+        let entries = bpftool(&["map", "dump", "id", &id])?.as_array().map_or(0, Vec::len);
+        *counts.entry(map["name"].as_str().unwrap_or_default().to_string()).or_insert(0) += entries;
+    }
+    Ok(counts)
+}
+
+/// Resident memory of process `pid`, in bytes.
+pub fn resident_bytes(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.trim().parse().ok())
+        .with_context(|| format!("/proc/{pid}/status has no VmRSS"))?;
+    Ok(kib * 1024)
 }
 
 /// GET `path` from the agent's metrics endpoint.

@@ -22,6 +22,7 @@ const EXPORTED: &[&str] = &[
     "pincg_current_bytes",
     "pincg_hook_attached",
     "pincg_ledger_objects",
+    "pincg_ledger_capacity",
     "pincg_ledger_events_total",
     "pincg_build_info",
 ];
@@ -493,10 +494,13 @@ fn rule_exprs(text: &str) -> Vec<(String, String)> {
 fn alerts_query_only_known_metrics() {
     let exprs = rule_exprs(&read("deploy/prometheus/pincg-rules.yaml"));
     let alerts: Vec<&str> = exprs.iter().map(|(a, _)| a.as_str()).collect();
-    assert_eq!(alerts, ["PinnedBytesNearBudget", "PinRefusals", "AgentDown", "HooksMissing", "LedgerAnomalies"]);
+    assert_eq!(
+        alerts,
+        ["PinnedBytesNearBudget", "PinRefusals", "AgentDown", "HooksMissing", "LedgerAnomalies", "LedgerNearlyFull"]
+    );
     assert_known(&exprs, "alert");
     let test = read("deploy/prometheus/pincg-rules.test.yaml");
-    for alert in ["HooksMissing", "LedgerAnomalies"] {
+    for alert in ["HooksMissing", "LedgerAnomalies", "LedgerNearlyFull"] {
         assert!(test.contains(&format!("alertname: {alert}")), "pincg-rules.test.yaml does not test {alert}");
     }
 }

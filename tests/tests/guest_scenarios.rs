@@ -114,6 +114,21 @@ fn hostile_tenant_cannot_escape() {
 }
 
 #[test]
+fn hostile_tenant_cannot_escape_by_fork_exec_threads_move_or_race() {
+    scenario("escape", Guest { vfio: true, ..Guest::default() });
+}
+
+#[test]
+fn full_ledger_fails_open_counted_and_event_floods_survive() {
+    scenario("exhaustion", Guest::default());
+}
+
+#[test]
+fn removed_cgroups_and_modules_leak_nothing() {
+    scenario("lifecycle", Guest { vfio: true, ..Guest::default() });
+}
+
+#[test]
 fn pins_from_before_the_agent_are_reported() {
     scenario("preexisting", Guest::default());
 }

@@ -5,9 +5,12 @@ pub mod bench;
 pub mod budget;
 pub mod dedup;
 pub mod demo;
+pub mod escape;
+pub mod exhaustion;
 pub mod io_uring;
 pub mod hostile;
 pub mod iommufd;
+pub mod lifecycle;
 pub mod node_budget;
 pub mod owner;
 pub mod preexisting;
@@ -38,6 +41,9 @@ pub const ALL: &[(&str, fn() -> anyhow::Result<()>)] = &[
     ("storm", storm::run),
     ("scale", scale::run),
     ("hostile", hostile::run),
+    ("escape", escape::run),
+    ("exhaustion", exhaustion::run),
+    ("lifecycle", lifecycle::run),
     ("preexisting", preexisting::run),
     ("prometheus", prometheus::run),
     ("bench", bench::run),

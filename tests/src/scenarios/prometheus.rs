@@ -225,7 +225,7 @@ fn with_prometheus(prometheus: &mut Prometheus, vm_label: &str, pod_label: &str)
         }
     })?;
     let alerts = rules.iter().filter(|r| r["type"] == "alerting").count();
-    ensure!(alerts >= 5, "expected the 5 alerts of pincg-rules.yaml, Prometheus loaded {alerts}");
+    ensure!(alerts >= 6, "expected the 6 alerts of pincg-rules.yaml, Prometheus loaded {alerts}");
     for rule in &rules {
         let name = rule["name"].as_str().unwrap_or("?");
         let expr = rule["query"].as_str().context("a rule without a query")?;

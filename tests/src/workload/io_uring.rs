@@ -4,6 +4,7 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
 
+use super::tenant::{self, Forked};
 use super::{anonymous_memory, os_error, parse_size, reusable_memory};
 
 const IORING_REGISTER_BUFFERS: u32 = 0;
@@ -50,6 +51,10 @@ pub struct Rings {
     spread: Spread,
     /// The ring of `data-ring`, for `read-fixed`.
     data: Option<DataRing>,
+    /// Rings of `extra` and `threads`, one buffer each.
+    extras: Vec<OwnedFd>,
+    /// The child of `fork`, until `reap`.
+    child: Option<Forked>,
 }
 
 /// Many 4 KiB buffers registered from many cgroups (the scale benchmark):
@@ -80,6 +85,41 @@ impl super::Pinner for Rings {
                 register(self.main()?, IORING_REGISTER_BUFFERS, iov.as_ptr().cast(), 1)
             }
             ("register2", [sizes]) => self.register2(sizes),
+            // `register-n N SIZE`: N buffers of SIZE, each its own mapping
+            // (so its own pin object), in one BUFFERS registration.
+            ("register-n", [n, size]) => {
+                let n: usize = n.parse().map_err(|_| format!("bad count {n:?}"))?;
+                let size = parse_size(size)?;
+                let iovs = (0..n).map(|_| buffer(size)).collect::<Result<Vec<_>, _>>()?;
+                register(self.main()?, IORING_REGISTER_BUFFERS, iovs.as_ptr().cast(), n as u32)
+            }
+            // `extra SIZE`: one more ring with one buffer of SIZE.
+            ("extra", [size]) => {
+                self.extras.push(ring_with_buffer(parse_size(size)?)?);
+                Ok(())
+            }
+            // `threads N SIZE`: N threads at once, each making an `extra`.
+            ("threads", [n, size]) => {
+                let (n, size) = (n.parse().map_err(|_| format!("bad count {n:?}"))?, parse_size(size)?);
+                self.extras.extend(tenant::in_threads(n, || ring_with_buffer(size))?);
+                Ok(())
+            }
+            // `fork SIZE`: a child that makes an `extra` and holds it; `reap` ends it.
+            ("fork", [size]) => {
+                let size = parse_size(size)?;
+                self.child = Some(Forked::spawn(|| ring_with_buffer(size))?);
+                Ok(())
+            }
+            ("reap", []) => self.child.take().ok_or("no forked child")?.reap(),
+            // `exec PROGRAM ARGS...`: become PROGRAM, keeping every ring
+            // open. Answers `ok` first: PROGRAM answers nothing.
+            ("exec", argv) if !argv.is_empty() => {
+                let fds: Vec<i32> = self.main.iter().chain(&self.extras).map(|fd| fd.as_raw_fd()).collect();
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "ok");
+                let _ = std::io::stdout().flush();
+                Err(tenant::exec(&fds, argv))
+            }
             ("update-empty", [slot]) => {
                 self.update(slot, libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 })
             }
@@ -134,6 +174,7 @@ impl super::Pinner for Rings {
                 self.clone = None;
                 self.spread = Spread::default();
                 self.data = None;
+                self.extras.clear();
                 Ok(())
             }
             _ => Err(format!("unknown io_uring command {command:?} {args:?}")),
@@ -226,6 +267,14 @@ fn sparse_ring() -> Result<OwnedFd, String> {
     let reg = RsrcRegister { nr: SLOTS_PER_RING as u32, flags: IORING_RSRC_REGISTER_SPARSE, ..RsrcRegister::default() };
     let size = std::mem::size_of::<RsrcRegister>() as u32;
     register(ring.as_raw_fd(), IORING_REGISTER_BUFFERS2, (&reg as *const RsrcRegister).cast(), size)?;
+    Ok(ring)
+}
+
+/// A ring with one buffer of `bytes` registered.
+fn ring_with_buffer(bytes: usize) -> Result<OwnedFd, String> {
+    let ring = setup()?;
+    let iov = [buffer(bytes)?];
+    register(ring.as_raw_fd(), IORING_REGISTER_BUFFERS, iov.as_ptr().cast(), 1)?;
     Ok(ring)
 }
 

@@ -6,6 +6,7 @@ pub mod fdpass;
 pub mod io_uring;
 pub mod iommufd;
 pub mod rdma;
+pub mod tenant;
 pub mod vduse;
 pub mod vfio;
 pub mod vm;

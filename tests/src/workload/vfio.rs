@@ -15,6 +15,12 @@
 //! - `close`: close the group and the container, releasing every map.
 //! - `memlock <size>`: set this process's RLIMIT_MEMLOCK (soft and hard) to
 //!   `size`, so an unprivileged map beyond it fails in the kernel's check.
+//! - `race <attempts> <small> <large> <report>`: the double-fetch attack on
+//!   the refusal point. A thread flips the `size` of one MAP_DMA request
+//!   between `small` and `large` while this thread maps it at iova 0
+//!   `attempts` times, unmapping each success; after every attempt
+//!   `<report>` says `attempts A refused R small S large L` (L: the race
+//!   was won, the kernel mapped `large` where the check read `small`).
 //!
 //! A non-root workload (`pincg-workload --user UID vfio`) needs the group
 //! node to be its own: see `crate::devices::allow_user`. `/dev/vfio/vfio`
@@ -82,6 +88,17 @@ struct DmaUnmap {
     size: u64,
 }
 
+/// `struct vfio_iommu_type1_dma_map` whose `size` another thread changes
+/// while the kernel reads it (AtomicU64 has u64's layout).
+#[repr(C)]
+struct RacedDmaMap {
+    argsz: u32,
+    flags: u32,
+    vaddr: u64,
+    iova: u64,
+    size: std::sync::atomic::AtomicU64,
+}
+
 /// The size of a uAPI struct, as its `argsz` field wants it.
 fn argsz<T>() -> u32 {
     std::mem::size_of::<T>() as u32
@@ -116,6 +133,10 @@ impl Vfio {
                 Ok(())
             }
             ("memlock", [size]) => memlock(parse_size(size)?),
+            ("race", [attempts, small, large, report]) => {
+                let attempts = attempts.parse().map_err(|_| format!("bad count {attempts:?}"))?;
+                self.race(attempts, parse_size(small)?, parse_size(large)?, report)
+            }
             _ => Err(format!("unknown vfio command {command:?} {args:?}")),
         }
     }
@@ -168,13 +189,63 @@ impl Vfio {
     /// Unmap `[iova, iova + size)`; the kernel reports how much it unmapped,
     /// which must be all of it (it silently unmaps nothing at a wrong iova).
     fn unmap(&self, iova: u64, size: usize) -> Result<(), String> {
+        let unmapped = self.unmap_within(iova, size)?;
+        if unmapped != size as u64 {
+            return Err(format!("VFIO_IOMMU_UNMAP_DMA: unmapped {unmapped} bytes, not {size}"));
+        }
+        Ok(())
+    }
+
+    /// Unmap every mapping inside `[iova, iova + size)`; returns the bytes
+    /// the kernel unmapped.
+    fn unmap_within(&self, iova: u64, size: usize) -> Result<u64, String> {
         let container = self.container()?;
         let mut unmap = DmaUnmap { argsz: argsz::<DmaUnmap>(), flags: 0, iova, size: size as u64 };
         ioctl(container, VFIO_IOMMU_UNMAP_DMA, &mut unmap as *mut DmaUnmap as libc::c_ulong, "VFIO_IOMMU_UNMAP_DMA")?;
-        if unmap.size != size as u64 {
-            return Err(format!("VFIO_IOMMU_UNMAP_DMA: unmapped {} bytes, not {size}", unmap.size));
-        }
-        Ok(())
+        Ok(unmap.size)
+    }
+
+    /// `race`: see the module documentation.
+    fn race(&self, attempts: u64, small: usize, large: usize, report: &str) -> Result<(), String> {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let container = self.container()?;
+        let vaddr = reusable_memory(large)? as u64;
+        let (small, large) = (small as u64, large as u64);
+        // The request both threads see; `size` changes under the kernel's feet.
+        let map = RacedDmaMap {
+            argsz: argsz::<DmaMap>(),
+            flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+            vaddr,
+            iova: 0,
+            size: AtomicU64::new(small),
+        };
+        let size = &map.size;
+        let stop = AtomicBool::new(false);
+        let (mut refused, mut mapped_small, mut mapped_large) = (0u64, 0u64, 0u64);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    size.store(large, Ordering::Relaxed);
+                    size.store(small, Ordering::Relaxed);
+                }
+            });
+            let outcome = (1..=attempts).try_for_each(|attempt| {
+                let arg = &map as *const RacedDmaMap as libc::c_ulong;
+                match ioctl(container, VFIO_IOMMU_MAP_DMA, arg, "VFIO_IOMMU_MAP_DMA") {
+                    Ok(_) => match self.unmap_within(0, large as usize)? {
+                        n if n == small => mapped_small += 1,
+                        n if n == large => mapped_large += 1,
+                        n => return Err(format!("attempt {attempt}: {n} bytes were mapped")),
+                    },
+                    Err(e) if e.contains("Cannot allocate memory") => refused += 1,
+                    Err(e) => return Err(e),
+                }
+                let line = format!("attempts {attempt} refused {refused} small {mapped_small} large {mapped_large}\n");
+                std::fs::write(report, line).map_err(|e| format!("{report}: {e}"))
+            });
+            stop.store(true, Ordering::Relaxed);
+            outcome
+        })
     }
 
     fn container(&self) -> Result<&OwnedFd, String> {
