@@ -34,6 +34,8 @@ const MODULE_POLL: Duration = Duration::from_secs(1);
 /// Where the agent reads and writes, and how it enforces.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Where the configuration came from, for the log.
+    pub configuration: String,
     pub pins: PinPaths,
     pub mirror_root: PathBuf,
     pub listen: SocketAddr,
@@ -237,6 +239,7 @@ impl Round {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     preflight::check(opts.pins.root())?;
+    log(&format!("configuration: {}", opts.configuration));
     // A ledger created now never saw the pins already held on the node.
     let fresh_ledger = !opts.pins.map("objects").exists();
     let hooks = loader::load_all(&opts.pins, opts.ledger_objects)?;

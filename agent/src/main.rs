@@ -143,8 +143,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent { mirror_root, interval_ms, config, ledger_objects } => {
             let (config, origin) = config.load()?;
-            agent::log(&format!("configuration: {origin}"));
             let opts = agent::Options {
+                configuration: origin.to_string(),
                 pins: pins()?,
                 mirror_root,
                 listen: config.metrics.listen,
