@@ -37,13 +37,6 @@ fn xdp_umem_end_to_end() {
     scenario("xdp", Guest::default());
 }
 
-/// The 7.x program variant (address spaces: `dev->as[asid].umem`, a
-/// 4-parameter `vduse_dev_dereg_umem`), on Debian's newest 7.x kernel.
-#[test]
-fn vduse_umem_end_to_end_on_7x() {
-    scenario("vduse-7x", Guest { series: "7".into(), ..Guest::default() });
-}
-
 #[test]
 fn vduse_umem_end_to_end() {
     scenario("vduse", Guest::default());
