@@ -42,6 +42,9 @@ pub struct Options {
     /// All pins on the node together; enforced as the root cgroup's limit.
     pub node_budget: Option<NodeBudget>,
     pub metrics: crate::metrics::Filter,
+    /// Where the settings came from, logged once the kernel is known to
+    /// run the agent (a refusing kernel gets one line, the cause).
+    pub config_origin: String,
 }
 
 /// Everything needed to take a snapshot.
@@ -225,6 +228,7 @@ impl Round {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     preflight::check(opts.pins.root())?;
+    log(&format!("configuration: {}", opts.config_origin));
     // A ledger created now never saw the pins already held on the node.
     let fresh_ledger = !opts.pins.map("objects").exists();
     let hooks = loader::load_all(&opts.pins)?;

@@ -137,7 +137,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent { mirror_root, interval_ms, config } => {
             let (config, origin) = config.load()?;
-            agent::log(&format!("configuration: {origin}"));
             let opts = agent::Options {
                 pins: pins()?,
                 mirror_root,
@@ -149,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     all_cgroups: config.metrics.all_cgroups,
                     prefixes: config.metrics.cgroup_prefixes,
                 },
+                config_origin: origin,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
