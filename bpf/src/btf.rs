@@ -1,5 +1,5 @@
 //! The running kernel's BTF, vmlinux and loaded modules: which functions
-//! exist and how many parameters they take.
+//! exist and how many parameters they take; and which modules it has.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,15 +10,18 @@ use std::ptr::NonNull;
 use libbpf_rs::libbpf_sys;
 
 use crate::hooks::FunctionCatalog;
+use crate::modules::ModuleTree;
 use crate::Error;
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const MODULE_BTF_DIR: &str = "/sys/kernel/btf";
 
-/// vmlinux BTF plus the split BTF of each module asked about.
+/// vmlinux BTF plus the split BTF of each module asked about, and the
+/// kernel's module tree.
 pub struct KernelBtf {
     vmlinux: NonNull<libbpf_sys::btf>,
     modules: RefCell<HashMap<String, Option<NonNull<libbpf_sys::btf>>>>,
+    tree: ModuleTree,
 }
 
 impl KernelBtf {
@@ -26,7 +29,7 @@ impl KernelBtf {
         // SAFETY: libbpf allocates and returns an owned BTF object or an error pointer.
         let ptr = unsafe { libbpf_sys::btf__load_vmlinux_btf() };
         match NonNull::new(ptr).filter(|_| unsafe { libbpf_sys::libbpf_get_error(ptr.cast()) } == 0) {
-            Some(vmlinux) => Ok(KernelBtf { vmlinux, modules: RefCell::default() }),
+            Some(vmlinux) => Ok(KernelBtf { vmlinux, modules: RefCell::default(), tree: ModuleTree::running() }),
             None => Err(Error::BadBtf {
                 path: VMLINUX_BTF.into(),
                 source: libbpf_rs::Error::from(std::io::Error::last_os_error()),
@@ -72,6 +75,10 @@ impl FunctionCatalog for KernelBtf {
 
     fn module_loaded(&self, module: &str) -> bool {
         Path::new(MODULE_BTF_DIR).join(module).exists() || Path::new("/sys/module").join(module).exists()
+    }
+
+    fn module_absence(&self, module: &str) -> Option<String> {
+        self.tree.absence(module)
     }
 }
 

@@ -312,6 +312,10 @@ pub trait FunctionCatalog {
 
     /// Whether `module` is loaded (or built in).
     fn module_loaded(&self, module: &str) -> bool;
+
+    /// Why `module` can never be loaded on this kernel (it is not built
+    /// for it), or `None` if it may appear.
+    fn module_absence(&self, module: &str) -> Option<String>;
 }
 
 /// The variant chosen for each hook of `source`, in hook order.
@@ -358,6 +362,10 @@ mod tests {
 
         fn module_loaded(&self, _module: &str) -> bool {
             true
+        }
+
+        fn module_absence(&self, _module: &str) -> Option<String> {
+            None
         }
     }
 
