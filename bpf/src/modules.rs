@@ -6,7 +6,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// Where the module trees of kernel releases are; the environment
+/// variable `PINCG_MODULE_TREE` names another place (a container that
+/// mounts the host's elsewhere, a test guest that keeps them apart).
 pub const MODULE_TREE: &str = "/lib/modules";
+pub const MODULE_TREE_ENV: &str = "PINCG_MODULE_TREE";
 
 /// A kernel release's module tree.
 #[derive(Debug, Clone)]
@@ -18,7 +22,8 @@ impl ModuleTree {
     /// The running kernel's tree, `/lib/modules/$(uname -r)`.
     pub fn running() -> ModuleTree {
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        ModuleTree::at(&Path::new(MODULE_TREE).join(release.trim()))
+        let trees = std::env::var_os(MODULE_TREE_ENV).map_or_else(|| PathBuf::from(MODULE_TREE), PathBuf::from);
+        ModuleTree::at(&trees.join(release.trim()))
     }
 
     pub fn at(dir: &Path) -> ModuleTree {

@@ -130,15 +130,10 @@ CWD=$(pwd -P)
   # /tmp, /var/tmp, /run are guest tmpfs; the host's /tmp is at /mnt/host-tmp
   # (read-only), so a working dir under /tmp is looked for there.
   printf 'cwd=%q\n' "$CWD"
-  # The guest kernel's module tree at /lib/modules/<release> (the host's
-  # tree there is of no use to the guest kernel), for whatever reads
-  # modules.dep / modules.builtin there (the agent: is a module built?).
+  # The guest kernel's module trees are not at /lib/modules (the host's
+  # root, read-only): tell the agent where they are.
   cat <<'EOF'
-if [ -d "$PINCG_MODROOT/lib/modules/$PINCG_KVER" ]; then
-  mount -t tmpfs -o mode=0755 tmpfs /lib/modules && mkdir "/lib/modules/$PINCG_KVER" \
-    && mount -o bind,ro "$PINCG_MODROOT/lib/modules/$PINCG_KVER" "/lib/modules/$PINCG_KVER" \
-    || echo "pincg-guest: warning: cannot show $PINCG_MODROOT/lib/modules/$PINCG_KVER at /lib/modules" >&2
-fi
+[ -d "$PINCG_MODROOT/lib/modules" ] && export PINCG_MODULE_TREE="$PINCG_MODROOT/lib/modules"
 if ! cd "$cwd" 2>/dev/null; then
   case "$cwd" in
     /tmp|/tmp/*) cd "/mnt/host-tmp${cwd#/tmp}" 2>/dev/null ;;

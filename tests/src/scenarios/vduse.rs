@@ -97,6 +97,8 @@ pub fn run() -> Result<()> {
 fn without_vduse() -> Result<()> {
     step("no vduse module on this kernel: probe and metrics name the degradation");
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").context("reading the kernel release")?;
+    // The guest harness points the agent at the guest kernel's module trees.
+    let trees = std::env::var("PINCG_MODULE_TREE").unwrap_or_else(|_| "/lib/modules".into());
     let _agent = Agent::start()?;
     expect_hook("vduse:register", 0)?;
     expect_hook("vduse:release", 0)?;
@@ -105,7 +107,7 @@ fn without_vduse() -> Result<()> {
     let probe = pincg(&["probe"])?;
     print!("{probe}");
     let reason = format!(
-        "unavailable: module vduse is not built for this kernel (not in /lib/modules/{}/modules.dep nor modules.builtin)",
+        "unavailable: module vduse is not built for this kernel (not in {trees}/{}/modules.dep nor modules.builtin)",
         release.trim()
     );
     for hook in ["vduse:register", "vduse:release"] {
