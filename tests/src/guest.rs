@@ -107,14 +107,18 @@ impl Guest {
 
     /// Why a scenario on a series of its own (`self.series`, not the one
     /// `PINCG_KERNEL` gives every other scenario) does not run in this
-    /// pass of a `PINCG_KERNELS` matrix, recorded as skipped; `None`: it
-    /// runs. It runs once, in the first pass; an [`Pinned::Extra`] run not
-    /// at all when a pass is on its series (the scenario runs there).
+    /// pass of a `PINCG_KERNELS` matrix, recorded as skipped (in the first
+    /// pass); `None`: it runs. It runs once, in the first pass; an
+    /// [`Pinned::Extra`] run not at all when a pass is on its series (the
+    /// scenario runs there).
     pub fn own_series_skip(&self, name: &str, pinned: Pinned) -> Option<String> {
         let kernels = std::env::var("PINCG_KERNELS").unwrap_or_default();
         let current = std::env::var("PINCG_KERNEL").unwrap_or_else(|_| DEFAULT_SERIES.into());
         let why = own_series_skip(&self.series, pinned, &current, &kernels)?;
-        record(&format!("{name} on {}: skipped ({why})", self.series));
+        // Recorded once per matrix, in its first pass.
+        if kernels.split_whitespace().next() == Some(current.as_str()) {
+            record(&format!("{name} on {}: skipped ({why})", self.series));
+        }
         Some(why)
     }
 }
