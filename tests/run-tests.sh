@@ -3,17 +3,33 @@
 # installs what it needs, builds, runs unit tests, host checks and the guest
 # scenarios (each boots a Debian kernel under QEMU), then summarises.
 #
-# Env: PINCG_KERNEL (guest kernel series, default 6.12), PINCG_CACHE
-# (kernel cache, default /var/cache/pincg).
+# Env: PINCG_KERNELS (the guest kernel series to run the guest scenarios
+# on, one pass each, default "6.12 7"; PINCG_KERNEL=S alone means
+# PINCG_KERNELS=S), PINCG_CACHE (kernel cache, default /var/cache/pincg).
+# The first pass runs every test, the others only the guest scenarios;
+# scenarios pinned to a series (iommufd, the 7.x extras) run once.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
+
+export PINCG_KERNELS=${PINCG_KERNELS:-${PINCG_KERNEL:-6.12 7}}
+read -ra kernels <<<"$PINCG_KERNELS"
+((${#kernels[@]})) || { echo "run-tests.sh: PINCG_KERNELS names no kernel series" >&2; exit 2; }
 
 tests/guest/install-deps.sh
 cargo build --workspace --bins
 rm -f target/guest-results.txt
 
 status=0
-cargo test --workspace --lib --bins --tests -- --test-threads=2 || status=$?
+for kernel in "${kernels[@]}"; do
+  echo
+  if [[ "$kernel" == "${kernels[0]}" ]]; then
+    echo "=== every test, guest scenarios on kernel $kernel ==="
+    PINCG_KERNEL=$kernel cargo test --workspace --lib --bins --tests -- --test-threads=2 || status=$?
+  else
+    echo "=== guest scenarios on kernel $kernel ==="
+    PINCG_KERNEL=$kernel cargo test -p pincg-tests --test guest_scenarios -- --test-threads=2 || status=$?
+  fi
+done
 
 echo
 echo "=== short fuzz pass: limit file and config file parsers (cargo fuzz, ${PINCG_FUZZ_SECONDS:-20}s each) ==="
@@ -28,12 +44,25 @@ for target in limit_file config_file; do
 done
 
 echo
-echo "=== guest scenarios (kernel ${PINCG_KERNEL:-6.12}) ==="
+echo "=== guest scenarios (kernels $PINCG_KERNELS) ==="
 if [[ -s target/guest-results.txt ]]; then
   cat target/guest-results.txt
-  ran=$(wc -l < target/guest-results.txt)
+  # Per series: "<name> on <series>: passed in 12.3s" / "failed (...) in" / "skipped (why)".
+  awk -F': ' '{
+      split($1, name, " on "); series = name[2]; verdict = $2; sub(/ .*/, "", verdict)
+      n[series, verdict]++; seen[series] = 1
+      if (match($2, / in [0-9.]+s$/)) secs[series] += substr($2, RSTART + 4, RLENGTH - 5)
+    }
+    END { for (s in seen) printf "kernel %s: %d passed, %d failed, %d skipped, %.0f s in guests\n",
+                                 s, n[s, "passed"], n[s, "failed"], n[s, "skipped"], secs[s] }' \
+    target/guest-results.txt | sort -V
+  ran=$(grep -vc ': skipped (' target/guest-results.txt || true)
   passed=$(grep -c ': passed in ' target/guest-results.txt || true)
-  echo "guest scenarios run: $ran ($passed passed, $((ran - passed)) failed)"
+  echo "guest scenarios run: $ran ($passed passed, $((ran - passed)) failed) on kernels $PINCG_KERNELS"
+  for kernel in "${kernels[@]}"; do
+    grep -qF " on $kernel: " target/guest-results.txt \
+      || { echo "no guest scenario ran on kernel $kernel (see the test output above)"; status=1; }
+  done
 else
   echo "guest scenarios run: 0 -- no guest scenario ran (see the test output above)"
   status=1

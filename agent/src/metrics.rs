@@ -189,6 +189,15 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
     for h in &snapshot.hooks {
         e.sample("pincg_hook_attached", &mut [("hook", h.hook), ("source", h.source.key())], u8::from(h.is_live()));
     }
+    e.family(
+        "pincg_source_enforcement",
+        "gauge",
+        "1 for how each source's budget is enforced on this kernel, as pincg probe says: refuse, act after, none.",
+    );
+    for source in pincg_cgroup_spec::Source::ALL {
+        let word = crate::probe::enforcement(&snapshot.hooks, source).word();
+        e.sample("pincg_source_enforcement", &mut [("enforcement", word), ("source", source.key())], 1);
+    }
     e.family("pincg_ledger_objects", "gauge", "Live long-term pin objects in the ledger.");
     e.sample("pincg_ledger_objects", &mut [], snapshot.objects);
     e.family(
@@ -254,6 +263,7 @@ mod tests {
         assert!(text.contains(&format!("pincg_events_total{{{high}}} 1\n")), "{text}");
         assert!(!text.contains("pincg_high_bytes{"), "no series for an unset pins.high");
         assert!(!text.contains("\npincg_node_budget_bytes "), "no series without a node budget");
+        assert!(text.contains("pincg_source_enforcement{enforcement=\"none\",source=\"vfio\"} 1\n"), "no hooks: none");
         let budgeted = render(&Snapshot { node_budget: Some(100663296), ..Snapshot::default() }, &Filter::default());
         assert!(budgeted.contains("\npincg_node_budget_bytes 100663296\n"), "{budgeted}");
     }

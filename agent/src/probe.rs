@@ -17,7 +17,8 @@ pub enum Enforcement {
 }
 
 impl Enforcement {
-    fn word(self) -> &'static str {
+    /// The word `pincg probe` and the metrics use.
+    pub fn word(self) -> &'static str {
         match self {
             Enforcement::Refuse => "refuse",
             Enforcement::ActAfter => "act after",

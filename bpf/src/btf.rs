@@ -1,5 +1,5 @@
 //! The running kernel's BTF, vmlinux and loaded modules: which functions
-//! exist and how many parameters they take.
+//! exist and how many parameters they take; and which modules it has.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,15 +10,18 @@ use std::ptr::NonNull;
 use libbpf_rs::libbpf_sys;
 
 use crate::hooks::FunctionCatalog;
+use crate::modules::ModuleTree;
 use crate::Error;
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const MODULE_BTF_DIR: &str = "/sys/kernel/btf";
 
-/// vmlinux BTF plus the split BTF of each module asked about.
+/// vmlinux BTF plus the split BTF of each module asked about, and the
+/// kernel's module tree.
 pub struct KernelBtf {
     vmlinux: NonNull<libbpf_sys::btf>,
     modules: RefCell<HashMap<String, Option<NonNull<libbpf_sys::btf>>>>,
+    tree: ModuleTree,
 }
 
 impl KernelBtf {
@@ -26,7 +29,7 @@ impl KernelBtf {
         // SAFETY: libbpf allocates and returns an owned BTF object or an error pointer.
         let ptr = unsafe { libbpf_sys::btf__load_vmlinux_btf() };
         match NonNull::new(ptr).filter(|_| unsafe { libbpf_sys::libbpf_get_error(ptr.cast()) } == 0) {
-            Some(vmlinux) => Ok(KernelBtf { vmlinux, modules: RefCell::default() }),
+            Some(vmlinux) => Ok(KernelBtf { vmlinux, modules: RefCell::default(), tree: ModuleTree::running() }),
             None => Err(Error::BadBtf {
                 path: VMLINUX_BTF.into(),
                 source: libbpf_rs::Error::from(std::io::Error::last_os_error()),
@@ -78,6 +81,10 @@ impl FunctionCatalog for KernelBtf {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         parse_release(&release)
     }
+
+    fn module_absence(&self, module: &str) -> Option<String> {
+        self.tree.absence(module)
+    }
 }
 
 /// (major, minor) of a kernel release string such as `6.12.107+deb13-amd64`;
@@ -85,16 +92,6 @@ impl FunctionCatalog for KernelBtf {
 fn parse_release(release: &str) -> (u32, u32) {
     let mut numbers = release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse().unwrap_or(0));
     (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn release_is_major_and_minor() {
-        assert_eq!(super::parse_release("7.2.13+deb14-amd64\n"), (7, 2));
-        assert_eq!(super::parse_release("6.1.0-50-amd64"), (6, 1));
-        assert_eq!(super::parse_release(""), (0, 0));
-    }
 }
 
 impl Drop for KernelBtf {
@@ -105,5 +102,15 @@ impl Drop for KernelBtf {
         }
         // SAFETY: allocated by libbpf in `load`, freed once, after its split BTFs.
         unsafe { libbpf_sys::btf__free(self.vmlinux.as_ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn release_is_major_and_minor() {
+        assert_eq!(super::parse_release("7.2.13+deb14-amd64\n"), (7, 2));
+        assert_eq!(super::parse_release("6.1.0-50-amd64"), (6, 1));
+        assert_eq!(super::parse_release(""), (0, 0));
     }
 }

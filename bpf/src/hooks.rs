@@ -351,6 +351,10 @@ pub trait FunctionCatalog {
 
     /// The kernel release, (major, minor).
     fn release(&self) -> (u32, u32);
+
+    /// Why `module` can never be loaded on this kernel (it is not built
+    /// for it), or `None` if it may appear.
+    fn module_absence(&self, module: &str) -> Option<String>;
 }
 
 /// The variant chosen for each hook of `source`, in hook order.
@@ -406,6 +410,10 @@ mod tests {
 
         fn release(&self) -> (u32, u32) {
             (6, 12)
+        }
+
+        fn module_absence(&self, _module: &str) -> Option<String> {
+            None
         }
     }
 

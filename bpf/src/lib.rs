@@ -12,6 +12,7 @@ mod error;
 pub mod hooks;
 pub mod ledger;
 pub mod loader;
+mod modules;
 pub mod paths;
 pub mod preflight;
 mod skel;

@@ -142,11 +142,22 @@ pub fn probe(kernel: &dyn FunctionCatalog) -> Vec<HookStatus> {
 
 /// The variants to load, or the state every hook of the source is in.
 fn choose(source: &SourceHooks, kernel: &dyn FunctionCatalog) -> Result<Vec<&'static Variant>, HookState> {
-    let missing_module = source.modules().find(|m| !kernel.module_loaded(m));
-    match hooks::select(source, kernel) {
-        Ok(chosen) => Ok(chosen),
-        Err(_) if missing_module.is_some() => Err(HookState::WaitingForModule(missing_module.expect("checked"))),
-        Err(e) => Err(HookState::Unavailable(e.to_string())),
+    let mut unloaded: Vec<&'static str> = Vec::new();
+    for module in source.modules().filter(|m| !kernel.module_loaded(m)) {
+        if !unloaded.contains(&module) {
+            unloaded.push(module);
+        }
+    }
+    let may_appear = unloaded.iter().copied().find(|m| kernel.module_absence(m).is_none());
+    match (hooks::select(source, kernel), may_appear) {
+        (Ok(chosen), _) => Ok(chosen),
+        (Err(_), Some(module)) => Err(HookState::WaitingForModule(module)),
+        // Every module it needs is missing from this kernel's build.
+        (Err(_), None) if !unloaded.is_empty() => {
+            let absences: Vec<String> = unloaded.iter().filter_map(|m| kernel.module_absence(m)).collect();
+            Err(HookState::Unavailable(absences.join("; ")))
+        }
+        (Err(e), None) => Err(HookState::Unavailable(e.to_string())),
     }
 }
 
@@ -386,5 +397,59 @@ fn same_state(source: &SourceHooks, state: HookState) -> Vec<HookStatus> {
 fn quiet_libbpf() {
     if std::env::var_os("PINCG_LIBBPF_DEBUG").is_none() {
         libbpf_rs::set_print(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel with no function pincg hooks and no module loaded; `built`
+    /// lists the modules its tree has.
+    struct BareKernel {
+        built: &'static [&'static str],
+    }
+
+    impl FunctionCatalog for BareKernel {
+        fn params(&self, _module: Option<&str>, _function: &str) -> Option<usize> {
+            None
+        }
+
+        fn module_loaded(&self, _module: &str) -> bool {
+            false
+        }
+
+        fn release(&self) -> (u32, u32) {
+            (6, 12)
+        }
+
+        fn module_absence(&self, module: &str) -> Option<String> {
+            (!self.built.contains(&module)).then(|| format!("module {module} is not built"))
+        }
+    }
+
+    fn state_of(hooks: &[HookStatus], hook: &str) -> HookState {
+        hooks.iter().find(|h| h.hook == hook).unwrap_or_else(|| panic!("no hook {hook}")).state.clone()
+    }
+
+    #[test]
+    fn a_module_this_kernel_lacks_is_unavailable_not_awaited() {
+        // 6.1: no vduse; ib_core built, ib_uverbs too.
+        let hooks = probe(&BareKernel { built: &["vfio_iommu_type1", "ib_uverbs", "ib_core"] });
+        let absent = HookState::Unavailable("module vduse is not built".into());
+        assert_eq!(state_of(&hooks, "vduse:register"), absent);
+        assert_eq!(state_of(&hooks, "vduse:release"), absent);
+        assert_eq!(state_of(&hooks, "vfio:pin"), HookState::WaitingForModule("vfio_iommu_type1"));
+        assert_eq!(state_of(&hooks, "rdma:register"), HookState::WaitingForModule("ib_uverbs"));
+    }
+
+    #[test]
+    fn a_source_waits_while_any_of_its_modules_may_appear() {
+        // RDMA's 6.1 variant hooks ib_uverbs, its 7.x variant ib_core.
+        let hooks = probe(&BareKernel { built: &["ib_core"] });
+        assert_eq!(state_of(&hooks, "rdma:release"), HookState::WaitingForModule("ib_core"));
+        let hooks = probe(&BareKernel { built: &[] });
+        let absent = "module ib_uverbs is not built; module ib_core is not built";
+        assert_eq!(state_of(&hooks, "rdma:release"), HookState::Unavailable(absent.into()));
     }
 }

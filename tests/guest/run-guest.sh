@@ -130,7 +130,10 @@ CWD=$(pwd -P)
   # /tmp, /var/tmp, /run are guest tmpfs; the host's /tmp is at /mnt/host-tmp
   # (read-only), so a working dir under /tmp is looked for there.
   printf 'cwd=%q\n' "$CWD"
+  # The guest kernel's module trees are not at /lib/modules (the host's
+  # root, read-only): tell the agent where they are.
   cat <<'EOF'
+[ -d "$PINCG_MODROOT/lib/modules" ] && export PINCG_MODULE_TREE="$PINCG_MODROOT/lib/modules"
 if ! cd "$cwd" 2>/dev/null; then
   case "$cwd" in
     /tmp|/tmp/*) cd "/mnt/host-tmp${cwd#/tmp}" 2>/dev/null ;;

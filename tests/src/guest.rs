@@ -11,10 +11,14 @@ use std::time::{Duration, Instant};
 
 static ONE_GUEST_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// The kernel series when `PINCG_KERNEL` names none.
+pub const DEFAULT_SERIES: &str = "6.12";
+
 /// How to boot the guest.
 #[derive(Debug, Clone)]
 pub struct Guest {
-    /// Kernel series: `6.12` (default), `6.1`, `7`; `PINCG_KERNEL` overrides.
+    /// Kernel series: `6.12` (default), `6.1`, `7`, `iommufd`;
+    /// `PINCG_KERNEL` overrides.
     pub series: String,
     pub timeout: Duration,
     /// Emulated IOMMU and `edu` device, for VFIO.
@@ -28,7 +32,7 @@ pub struct Guest {
 impl Default for Guest {
     fn default() -> Guest {
         Guest {
-            series: std::env::var("PINCG_KERNEL").unwrap_or_else(|_| "6.12".into()),
+            series: std::env::var("PINCG_KERNEL").unwrap_or_else(|_| DEFAULT_SERIES.into()),
             timeout: Duration::from_secs(300),
             vfio: false,
             rdma_net: false,
@@ -68,7 +72,7 @@ impl Guest {
     /// Run `command` (absolute program path plus arguments) in a fresh guest.
     pub fn run(&self, name: &str, command: &[&str]) -> GuestRun {
         let _turn = ONE_GUEST_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let out_dir = workspace_root().join("target").join("guest").join(name);
+        let out_dir = workspace_root().join("target").join("guest").join(&self.series).join(name);
         let _ = std::fs::remove_dir_all(&out_dir);
         let mut cmd = Command::new(workspace_root().join("tests/guest/run-guest.sh"));
         cmd.arg("--series").arg(&self.series);
@@ -92,8 +96,53 @@ impl Guest {
             harness: String::from_utf8_lossy(&result.stderr).into_owned(),
             elapsed: started.elapsed(),
         };
-        record(name, &self.series, &run);
+        let verdict = match run.status {
+            0 => "passed".to_string(),
+            124 => "failed (timeout)".to_string(),
+            s => format!("failed (status {s})"),
+        };
+        record(&format!("{name} on {}: {verdict} in {:.1}s", self.series, run.elapsed.as_secs_f64()));
         run
+    }
+
+    /// Why a scenario on a series of its own (`self.series`, not the one
+    /// `PINCG_KERNEL` gives every other scenario) does not run in this
+    /// pass of a `PINCG_KERNELS` matrix, recorded as skipped (in the first
+    /// pass); `None`: it runs. It runs once, in the first pass; an
+    /// [`Pinned::Extra`] run not at all when a pass is on its series (the
+    /// scenario runs there).
+    pub fn own_series_skip(&self, name: &str, pinned: Pinned) -> Option<String> {
+        let kernels = std::env::var("PINCG_KERNELS").unwrap_or_default();
+        let current = std::env::var("PINCG_KERNEL").unwrap_or_else(|_| DEFAULT_SERIES.into());
+        let why = own_series_skip(&self.series, pinned, &current, &kernels)?;
+        // Recorded once per matrix, in its first pass.
+        if kernels.split_whitespace().next() == Some(current.as_str()) {
+            record(&format!("{name} on {}: skipped ({why})", self.series));
+        }
+        Some(why)
+    }
+}
+
+/// What a scenario pinned to a series is to a `PINCG_KERNELS` matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    /// The scenario exists only on that series (iommufd).
+    Only,
+    /// An extra run, on that series, of a scenario every pass runs.
+    Extra,
+}
+
+/// See [`Guest::own_series_skip`]: `kernels` is the matrix (`PINCG_KERNELS`,
+/// blank-separated, empty outside one), `current` this pass's series.
+fn own_series_skip(series: &str, pinned: Pinned, current: &str, kernels: &str) -> Option<String> {
+    let mut matrix = kernels.split_whitespace();
+    let first = matrix.clone().next()?;
+    if pinned == Pinned::Extra && matrix.any(|k| k == series) {
+        Some(format!("the {series} pass of PINCG_KERNELS=\"{kernels}\" runs it"))
+    } else if current != first {
+        Some(format!("it ran in the first pass ({first}) of PINCG_KERNELS=\"{kernels}\""))
+    } else {
+        None
     }
 }
 
@@ -113,17 +162,32 @@ pub fn workspace_binary(name: &str, sibling: &str) -> PathBuf {
     path
 }
 
-/// Append one line per guest scenario to `target/guest-results.txt`, which
-/// `tests/run-tests.sh` summarises after the suite.
-fn record(name: &str, series: &str, run: &GuestRun) {
+/// Append one line per guest scenario (`<name> on <series>: <verdict>`) to
+/// `target/guest-results.txt`, which `tests/run-tests.sh` summarises per
+/// series after the suite.
+fn record(line: &str) {
     use std::io::Write;
-    let verdict = match run.status {
-        0 => "passed".to_string(),
-        124 => "failed (timeout)".to_string(),
-        s => format!("failed (status {s})"),
-    };
     let path = workspace_root().join("target").join("guest-results.txt");
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{name} on {series}: {verdict} in {:.1}s", run.elapsed.as_secs_f64());
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_series_skip;
+    use super::Pinned::{Extra, Only};
+
+    #[test]
+    fn a_scenario_on_its_own_series_runs_once_per_matrix() {
+        let matrix = "PINCG_KERNELS=\"6.12 7\"";
+        assert_eq!(own_series_skip("7", Extra, "6.12", ""), None, "no matrix: it runs");
+        assert_eq!(own_series_skip("iommufd", Only, "6.12", "6.12 7"), None, "first pass");
+        let ran = format!("it ran in the first pass (6.12) of {matrix}");
+        assert_eq!(own_series_skip("iommufd", Only, "7", "6.12 7"), Some(ran));
+        let covered = format!("the 7 pass of {matrix} runs it");
+        assert_eq!(own_series_skip("7", Extra, "6.12", "6.12 7"), Some(covered));
+        assert_eq!(own_series_skip("7", Extra, "6.1", "6.1"), None, "PINCG_KERNELS=6.1 alone");
+        assert_eq!(own_series_skip("iommufd", Only, "iommufd", "iommufd"), None, "no other run of it");
     }
 }

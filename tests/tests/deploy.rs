@@ -21,6 +21,7 @@ const EXPORTED: &[&str] = &[
     "pincg_pinned_bytes",
     "pincg_current_bytes",
     "pincg_hook_attached",
+    "pincg_source_enforcement",
     "pincg_ledger_objects",
     "pincg_ledger_capacity",
     "pincg_ledger_events_total",

@@ -1,7 +1,9 @@
 //! Guest scenarios, booted under QEMU from `cargo test`. A failing scenario
-//! fails here with the guest's whole output.
+//! fails here with the guest's whole output. Each runs on the series
+//! `PINCG_KERNEL` names (6.12 by default), except those that name their
+//! own (`scenario_on_own_series`).
 
-use pincg_tests::guest::{workspace_binary, Guest};
+use pincg_tests::guest::{workspace_binary, Guest, Pinned};
 
 /// Run scenario `name` (a `pincg-scenario` name, optionally suffixed with
 /// `-<kernel>` to keep results apart) in `guest`.
@@ -12,6 +14,15 @@ fn scenario(name: &str, guest: Guest) {
     let run = guest.run(name, &[runner, scenario]);
     println!("{}", run.output);
     run.assert_success(name);
+}
+
+/// Scenario `name` on the series `guest` names, whatever `PINCG_KERNEL`
+/// says: once per `PINCG_KERNELS` matrix (see `Guest::own_series_skip`).
+fn scenario_on_own_series(name: &str, pinned: Pinned, guest: Guest) {
+    match guest.own_series_skip(name, pinned) {
+        Some(why) => println!("SKIPPED {name} on {}: {why}", guest.series),
+        None => scenario(name, guest),
+    }
 }
 
 #[test]
@@ -29,7 +40,7 @@ fn agent_names_lockdown_on_a_confidentiality_kernel() {
 /// on Debian's newest 7.x kernel.
 #[test]
 fn io_uring_end_to_end_on_7x() {
-    scenario("io-uring-7x", Guest { series: "7".into(), ..Guest::default() });
+    scenario_on_own_series("io-uring-7x", Pinned::Extra, Guest { series: "7".into(), ..Guest::default() });
 }
 
 #[test]
@@ -46,7 +57,7 @@ fn vduse_umem_end_to_end() {
 /// 4-parameter `vduse_dev_dereg_umem`), on Debian's newest 7.x kernel.
 #[test]
 fn vduse_umem_end_to_end_on_7x() {
-    scenario("vduse-7x", Guest { series: "7".into(), ..Guest::default() });
+    scenario_on_own_series("vduse-7x", Pinned::Extra, Guest { series: "7".into(), ..Guest::default() });
 }
 
 #[test]
@@ -100,7 +111,7 @@ fn prometheus_scrapes_the_agent() {
 /// (about 15 minutes on 2 cores) and cached.
 #[test]
 fn iommufd_end_to_end() {
-    scenario("iommufd", Guest { series: "iommufd".into(), vfio: true, ..Guest::default() });
+    scenario_on_own_series("iommufd", Pinned::Only, Guest { series: "iommufd".into(), vfio: true, ..Guest::default() });
 }
 
 #[test]

@@ -23,8 +23,7 @@ const BOUNCE: &str = "64M";
 
 pub fn run() -> Result<()> {
     if tool("modinfo", &["vduse"]).is_err() {
-        skip("vduse", "this kernel has no vduse module (CONFIG_VDPA_USER, Debian 6.12 and later)");
-        return Ok(());
+        return without_vduse();
     }
     for module in ["vduse", "virtio_vdpa", "virtio_net"] {
         tool("modprobe", &[module])?;
@@ -90,6 +89,34 @@ pub fn run() -> Result<()> {
     control.run(&format!("destroy {DEVICE}"))?;
     cg.expect_stat(&[])?;
     expect_no_drift()
+}
+
+/// A kernel without the vduse module (Debian 6.1): the agent says so, in
+/// `pincg probe` with the reason and in the metrics, and `other` gets no
+/// enforcement; nothing else of the scenario applies.
+fn without_vduse() -> Result<()> {
+    step("no vduse module on this kernel: probe and metrics name the degradation");
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").context("reading the kernel release")?;
+    // The guest harness points the agent at the guest kernel's module trees.
+    let trees = std::env::var("PINCG_MODULE_TREE").unwrap_or_else(|_| "/lib/modules".into());
+    let _agent = Agent::start()?;
+    expect_hook("vduse:register", 0)?;
+    expect_hook("vduse:release", 0)?;
+    expect_hook("vduse:refuse", 1)?;
+    expect_metric("pincg_source_enforcement{enforcement=\"none\",source=\"other\"} 1")?;
+    let probe = pincg(&["probe"])?;
+    print!("{probe}");
+    let reason = format!(
+        "unavailable: module vduse is not built for this kernel (not in {trees}/{}/modules.dep nor modules.builtin)",
+        release.trim()
+    );
+    for hook in ["vduse:register", "vduse:release"] {
+        let line = format!("{hook:<18} {reason}");
+        ensure!(probe.lines().any(|l| l == line), "probe lacks {line:?}");
+    }
+    ensure!(probe.lines().any(|l| l == "other      none"), "probe lacks \"other      none\"");
+    skip("VDUSE umems", "this kernel has no vduse module (Debian builds CONFIG_VDPA_USER from 6.12 on)");
+    Ok(())
 }
 
 /// The network interface virtio-net made for vdpa device `name`
