@@ -109,8 +109,9 @@ pub const IO_URING: SourceHooks = SourceHooks {
                         attach("io_uring_registered_v61", "io_sqe_buffer_register", 4),
                     ],
                 },
-                Variant { attach: &[attach("io_uring_register_v613", "io_sqe_buffer_register", 3)] },
-                Variant { attach: &[attach("io_uring_register_v72", "io_sqe_buffer_register", 2)] },
+                // 6.13-7.1 and 7.2+ differ in arity, not in what is read.
+                Variant { attach: &[attach("io_uring_registered_v613", "io_sqe_buffer_register", 3)] },
+                Variant { attach: &[attach("io_uring_registered_v613", "io_sqe_buffer_register", 2)] },
             ],
         },
         Hook {
@@ -137,7 +138,7 @@ pub const IO_URING: SourceHooks = SourceHooks {
                     attach: &[
                         attach("io_uring_free_node_v613", "io_free_rsrc_node", 2),
                         attach("io_uring_freed_node_v613", "io_free_rsrc_node", 2),
-                        attach("io_uring_unpin_folio_v612", "unpin_user_folio", 2),
+                        attach("io_uring_unpin_folio_v613", "unpin_user_folio", 2),
                     ],
                 },
             ],
@@ -449,23 +450,17 @@ mod tests {
     }
 
     #[test]
-    fn io_uring_on_6_13_to_7_1() {
-        let k = FakeKernel(HashMap::from([
-            ("io_sqe_buffer_register", 3),
-            ("io_free_rsrc_node", 2),
-            ("unpin_user_folio", 2),
-        ]));
-        assert_eq!(programs(&k), ["io_uring_register_v613", "io_uring_free_node_v613"]);
-    }
-
-    #[test]
-    fn io_uring_on_7_x() {
-        let k = FakeKernel(HashMap::from([
-            ("io_sqe_buffer_register", 2),
-            ("io_free_rsrc_node", 2),
-            ("unpin_user_folio", 2),
-        ]));
-        assert_eq!(programs(&k), ["io_uring_register_v72", "io_uring_free_node_v613"]);
+    fn io_uring_on_6_13_and_later() {
+        // 6.13-7.1 pass three parameters, 7.2 two; one program reads both.
+        for arity in [3, 2] {
+            let k = FakeKernel(HashMap::from([
+                ("io_sqe_buffer_register", arity),
+                ("io_free_rsrc_node", 2),
+                ("unpin_user_folio", 2),
+            ]));
+            assert_eq!(programs(&k), ["io_uring_registered_v613", "io_uring_free_node_v613"]);
+            assert_eq!(select(&IO_URING, &k).unwrap()[0].attach[0].params, arity);
+        }
     }
 
     #[test]

@@ -161,23 +161,29 @@ int BPF_PROG(io_uring_unpin_page_v61)
 	return 0;
 }
 
+/* The 6.13+ witness, a kprobe for the reason given at io_uring_registered_v613. */
+SEC("kprobe/unpin_user_folio")
+int BPF_KPROBE(io_uring_unpin_folio_v613)
+{
+	unpinning();
+	return 0;
+}
+
 static __always_inline void charge_node(struct io_rsrc_node___v72 *node)
 {
 	if (node && (__u64)node < (__u64)-4095)
 		charge_imu(BPF_CORE_READ(node, buf));
 }
 
-SEC("fexit/io_sqe_buffer_register")
-int BPF_PROG(io_uring_register_v613, void *ring, struct iovec *iov, void *last_hpage,
-	     struct io_rsrc_node___v72 *node)
-{
-	charge_node(node);
-	return 0;
-}
-
-SEC("fexit/io_sqe_buffer_register")
-int BPF_PROG(io_uring_register_v72, void *ring, struct iovec *iov,
-	     struct io_rsrc_node___v72 *node)
+/*
+ * 6.13+ return the buffer's node. On these kernels (7.x is fully
+ * preemptible) a fentry/fexit program can be preempted, and another task
+ * entering the same program on that CPU is then skipped (a recursion miss:
+ * a lost charge); kprobe programs run with preemption off, so the 6.13+
+ * variants are kprobes too.
+ */
+SEC("kretprobe/io_sqe_buffer_register")
+int BPF_KRETPROBE(io_uring_registered_v613, struct io_rsrc_node___v72 *node)
 {
 	charge_node(node);
 	return 0;
@@ -192,8 +198,8 @@ static __always_inline bool kernel_buffer(struct io_mapped_ubuf___v72 *imu)
 	return false;
 }
 
-SEC("fentry/io_free_rsrc_node")
-int BPF_PROG(io_uring_free_node_v613, void *ring, struct io_rsrc_node___v72 *node)
+SEC("kprobe/io_free_rsrc_node")
+int BPF_KPROBE(io_uring_free_node_v613, void *ring, struct io_rsrc_node___v72 *node)
 {
 	struct io_mapped_ubuf___v72 *imu;
 
@@ -205,8 +211,8 @@ int BPF_PROG(io_uring_free_node_v613, void *ring, struct io_rsrc_node___v72 *nod
 	return 0;
 }
 
-SEC("fexit/io_free_rsrc_node")
-int BPF_PROG(io_uring_freed_node_v613)
+SEC("kretprobe/io_free_rsrc_node")
+int BPF_KRETPROBE(io_uring_freed_node_v613)
 {
 	inflight_take(&unmapping);
 	return 0;
