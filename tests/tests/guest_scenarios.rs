@@ -99,7 +99,7 @@ fn overrun_actions_and_high_crossings() {
 /// io_uring_register), at exactly the byte.
 #[test]
 fn io_uring_refused_before_pinning_on_7x() {
-    scenario("actions-7x", Guest { series: "7".into(), ..Guest::default() });
+    scenario_on_own_series("actions-7x", Pinned::Extra, Guest { series: "7".into(), ..Guest::default() });
 }
 
 #[test]

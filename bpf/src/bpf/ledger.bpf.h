@@ -329,13 +329,16 @@ static __always_inline __u64 new_bytes(__u64 addr, __u64 len)
 
 /*
  * At a refusal point, before anything is pinned: would `bytes` new bytes
- * take the current task's cgroup or an ancestor over its pins.max? Counts
- * the event at each such cgroup; returns -ENOMEM to refuse (enforce mode)
- * or 0.
+ * take the current task's cgroup or an ancestor over its pins.max? In
+ * enforce mode, counts a `max` event at each such cgroup and returns
+ * -ENOMEM. In monitor mode, counts `would_refuse` and returns 0: the pin
+ * goes ahead, and its charge counts the `max` event (an overrun), so one
+ * request is one event.
  */
 static __always_inline int admit_bytes(__u64 bytes, __u32 source)
 {
 	struct source_actions *acts = actions_of(source);
+	bool enforce = enforcing();
 	bool over = false;
 
 	for (int level = 0; level < PINCG_MAX_DEPTH; level++) {
@@ -351,12 +354,13 @@ static __always_inline int admit_bytes(__u64 bytes, __u32 source)
 		u = usage_of(id);
 		if (!u || u->pinned + bytes <= lim->max)
 			continue;
-		__sync_fetch_and_add(&u->events_max, 1);
+		if (enforce)
+			__sync_fetch_and_add(&u->events_max, 1);
 		over = true;
 	}
 	if (!over || !acts)
 		return 0;
-	if (!enforcing()) {
+	if (!enforce) {
 		__sync_fetch_and_add(&acts->would_refuse, 1);
 		return 0;
 	}
