@@ -292,6 +292,8 @@ impl Workload {
             println!("   {}: {command}", self.name);
             return Ok(false);
         }
+        // Any other answer means it is alive: waiting for it would hang.
+        ensure!(reply.is_empty(), "workload {}: `{command}` answered {:?} instead of dying", self.name, reply.trim());
         let status = self.child.wait()?;
         ensure!(
             std::os::unix::process::ExitStatusExt::signal(&status) == Some(9),
