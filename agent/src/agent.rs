@@ -51,7 +51,8 @@ pub struct Options {
 /// Everything needed to take a snapshot.
 pub struct Sampler {
     ledger: Ledger,
-    cgroup_root: PathBuf,
+    /// The pin root (for the links' program statistics) and the cgroup root.
+    pins: PinPaths,
     hooks: Vec<HookStatus>,
     /// VM names found in pod cgroups, with the local bytes they were found
     /// at: looked up again only when a pod cgroup's pins change.
@@ -61,8 +62,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(ledger: Ledger, cgroup_root: PathBuf, hooks: Vec<HookStatus>) -> Sampler {
-        Sampler { ledger, cgroup_root, hooks, pod_vms: HashMap::new(), modules: Vec::new() }
+    pub fn new(ledger: Ledger, pins: PinPaths, hooks: Vec<HookStatus>) -> Sampler {
+        Sampler { ledger, pins, hooks, pod_vms: HashMap::new(), modules: Vec::new() }
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -81,8 +82,9 @@ impl Sampler {
         let started = Instant::now();
         let usage = self.ledger.usage()?;
         let mut limits = self.ledger.limits()?;
-        let tree = CgroupTree::scan(&self.cgroup_root)
-            .with_context(|| format!("reading the cgroup tree at {}", self.cgroup_root.display()))?;
+        let cgroup_root = self.pins.cgroup_root();
+        let tree = CgroupTree::scan(cgroup_root)
+            .with_context(|| format!("reading the cgroup tree at {}", cgroup_root.display()))?;
         let unused = |u: &pincg_bpf::ledger::CgroupUsage| u.total.total() == 0 && u.local.total() == 0;
         for u in usage.iter().filter(|u| unused(u) && !tree.contains(u.cgroup)) {
             self.ledger.forget_cgroup(u.cgroup)?;
@@ -99,6 +101,7 @@ impl Sampler {
             hooks: self.hooks.clone(),
             objects: counters.live_objects(),
             counters,
+            programs_skipped: pincg_bpf::prog_stats::recursion_misses(&self.pins)?,
             mode: Some(self.ledger.mode()?),
             actions: self.ledger.actions()?,
             limit_errors: 0,
@@ -228,7 +231,7 @@ impl Round {
         if limit.action != Action::Freeze || !over || !self.frozen.insert(row.id) {
             return;
         }
-        let file = self.sampler.cgroup_root.join(rel).join("cgroup.freeze");
+        let file = self.sampler.pins.cgroup_root().join(rel).join("cgroup.freeze");
         match std::fs::write(&file, "1") {
             Ok(()) => log(&format!("{}: over pins.max, frozen ({})", row.label(), file.display())),
             Err(e) => log(&format!("{}: over pins.max, freezing failed: {}: {e}", row.label(), file.display())),
@@ -272,7 +275,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let limits = Limits::resume(ledger.limits()?, node_budget);
     let cgroup_root = opts.pins.cgroup_root().to_path_buf();
     let mut round = Round {
-        sampler: Sampler::new(ledger, cgroup_root.clone(), hooks),
+        sampler: Sampler::new(ledger, opts.pins.clone(), hooks),
         mirror: Mirror::new(&opts.mirror_root, cgroup_root),
         limits,
         frozen: HashSet::new(),

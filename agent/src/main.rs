@@ -163,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(agent::run(opts))
         }
         Command::Status { all, json } => {
-            let mut sampler = agent::Sampler::new(Ledger::open(&pins()?)?, cgroup_root()?, Vec::new());
+            let mut sampler = agent::Sampler::new(Ledger::open(&pins()?)?, pins()?, Vec::new());
             let snapshot = sampler.sample()?;
             let rows = status::visible(&snapshot, all);
             if json {
@@ -175,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Top { interval_ms, iterations, rows, json } => {
-            let mut sampler = agent::Sampler::new(Ledger::open(&pins()?)?, cgroup_root()?, Vec::new());
+            let mut sampler = agent::Sampler::new(Ledger::open(&pins()?)?, pins()?, Vec::new());
             top::run(&mut sampler, Duration::from_millis(interval_ms.max(50)), iterations, rows, json)
         }
         Command::Explain { subject, json } => {

@@ -224,6 +224,7 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
         ("stale_object", c.stale_objects),
         ("unknown_release", c.unknown_releases),
         ("spans_full", c.spans_full),
+        ("program_skipped", snapshot.programs_skipped),
     ] {
         e.sample("pincg_ledger_events_total", &mut [("event", event)], n);
     }

@@ -86,6 +86,9 @@ pub struct Snapshot {
     pub rows: Vec<CgroupRow>,
     pub hooks: Vec<HookStatus>,
     pub counters: Counters,
+    /// Times the kernel skipped one of pincg's programs (see
+    /// `pincg_bpf::prog_stats`): charges or releases the ledger missed.
+    pub programs_skipped: u64,
     /// Live pin objects in the ledger.
     pub objects: u64,
     pub mode: Option<Mode>,

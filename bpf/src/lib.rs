@@ -6,6 +6,7 @@
 //!   adopts what a previous agent left pinned.
 //! * [`ledger`] reads the pinned maps: per-cgroup usage, live pin objects
 //!   and health counters.
+//! * [`prog_stats`] reads how often the kernel skipped pincg's programs.
 
 pub mod btf;
 mod error;
@@ -15,6 +16,7 @@ pub mod loader;
 mod modules;
 pub mod paths;
 pub mod preflight;
+pub mod prog_stats;
 mod skel;
 
 pub use error::Error;
