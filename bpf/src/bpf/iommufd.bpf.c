@@ -66,9 +66,8 @@ SEC("kprobe/iopt_release_pages")
 int BPF_KPROBE(iommufd_release_v612, struct kref *kref)
 {
 	__u64 pages = (__u64)kref - bpf_core_field_offset(struct iopt_pages, kref);
-	struct pin_key key = { .object = pages, .source = PINCG_SRC_IOMMUFD };
 
-	if (bpf_map_lookup_elem(&objects, &key))
-		ledger_release(pages, PINCG_SRC_IOMMUFD);
+	/* Pages never accounted (no domain filled) have no entry. */
+	ledger_release_held(pages, PINCG_SRC_IOMMUFD);
 	return 0;
 }

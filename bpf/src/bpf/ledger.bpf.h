@@ -303,6 +303,9 @@ static __always_inline void apply(const struct pin_object *obj, __u32 source, __
 		if (!u)
 			continue;
 		__sync_fetch_and_add(&u->total[src], delta);
+		/* The deepest slot is the charged cgroup itself (owner_is_*). */
+		if (i == obj->depth - 1)
+			__sync_fetch_and_add(&u->local[src], delta);
 		after = __sync_fetch_and_add(&u->pinned, unique) + unique;
 		if (unique <= 0)
 			continue;
@@ -310,9 +313,6 @@ static __always_inline void apply(const struct pin_object *obj, __u32 source, __
 		over |= action >= 0;
 		kill |= action == PINCG_ACT_KILL;
 	}
-	u = usage_of(obj->cgroup);
-	if (u)
-		__sync_fetch_and_add(&u->local[src], delta);
 	if (over)
 		overrun(obj, source, kill);
 }
@@ -337,7 +337,7 @@ static __always_inline __u64 new_bytes(__u64 addr, __u64 len)
  */
 static __always_inline int admit_bytes(__u64 bytes, __u32 source)
 {
-	struct source_actions *acts = actions_of(source);
+	struct source_actions *acts;
 	bool enforce = enforcing();
 	bool over = false;
 
@@ -358,7 +358,10 @@ static __always_inline int admit_bytes(__u64 bytes, __u32 source)
 			__sync_fetch_and_add(&u->events_max, 1);
 		over = true;
 	}
-	if (!over || !acts)
+	if (!over)
+		return 0;
+	acts = actions_of(source);
+	if (!acts)
 		return 0;
 	if (!enforce) {
 		__sync_fetch_and_add(&acts->would_refuse, 1);
@@ -430,7 +433,17 @@ static __always_inline void owner_is_task(struct pin_object *obj, struct task_st
 	bpf_probe_read_kernel_str(obj->comm, sizeof(obj->comm), &task->comm);
 }
 
-/* Return a release recorded in the ledger; the charged cgroups get it back. */
+/* Drop the entry of a released object; the charged cgroups get it back. */
+static __always_inline void release_found(struct pin_key *key, struct pin_object *obj, __u32 source)
+{
+	apply(obj, source, -(__s64)obj->bytes,
+	      -(__s64)span_walk(obj->cgroup, obj->tgid, obj->addr, obj->bytes, SPAN_REMOVE));
+	bpf_map_delete_elem(&objects, key);
+	count(PINCG_CNT_RELEASES);
+}
+
+/* Return a release recorded in the ledger; one it never saw (a pin made
+ * before it existed) is counted as unknown_release. */
 static __always_inline void ledger_release(__u64 object, __u32 source)
 {
 	struct pin_key key = { .object = object, .source = source };
@@ -440,10 +453,18 @@ static __always_inline void ledger_release(__u64 object, __u32 source)
 		count(PINCG_CNT_UNKNOWN_RELEASE);
 		return;
 	}
-	apply(obj, source, -(__s64)obj->bytes,
-	      -(__s64)span_walk(obj->cgroup, obj->tgid, obj->addr, obj->bytes, SPAN_REMOVE));
-	bpf_map_delete_elem(&objects, &key);
-	count(PINCG_CNT_RELEASES);
+	release_found(&key, obj, source);
+}
+
+/* The same at a teardown that also sees objects that never pinned (a VFIO
+ * mapping of an mdev-only container): those are not unknown releases. */
+static __always_inline void ledger_release_held(__u64 object, __u32 source)
+{
+	struct pin_key key = { .object = object, .source = source };
+	struct pin_object *obj = bpf_map_lookup_elem(&objects, &key);
+
+	if (obj)
+		release_found(&key, obj, source);
 }
 
 /*

@@ -72,10 +72,7 @@ int BPF_KRETPROBE(vfio_unpinned_v61)
 SEC("kprobe/vfio_remove_dma")
 int BPF_KPROBE(vfio_remove_v61, void *iommu, struct vfio_dma *dma)
 {
-	struct pin_key key = { .object = (__u64)dma, .source = PINCG_SRC_VFIO };
-
 	/* A mapping that never pinned (mdev-only container) has no entry. */
-	if (bpf_map_lookup_elem(&objects, &key))
-		ledger_release((__u64)dma, PINCG_SRC_VFIO);
+	ledger_release_held((__u64)dma, PINCG_SRC_VFIO);
 	return 0;
 }
