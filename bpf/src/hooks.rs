@@ -180,14 +180,14 @@ pub const IOMMUFD: SourceHooks = SourceHooks {
             variants: &[
                 Variant {
                     attach: &[
-                        attach_mod("iommufd_update_v612", "iommufd", "do_update_pinned", 4),
-                        attach_mod("iommufd_updated_v612", "iommufd", "do_update_pinned", 4),
+                        attach_mod("iommufd_update", "iommufd", "do_update_pinned", 4),
+                        attach_mod("iommufd_updated", "iommufd", "do_update_pinned", 4),
                     ],
                 },
                 Variant {
                     attach: &[
-                        attach_mod("iommufd_update_v72", "iommufd", "iopt_pages_update_pinned", 4),
-                        attach_mod("iommufd_updated_v72", "iommufd", "iopt_pages_update_pinned", 4),
+                        attach_mod("iommufd_update", "iommufd", "iopt_pages_update_pinned", 4),
+                        attach_mod("iommufd_updated", "iommufd", "iopt_pages_update_pinned", 4),
                     ],
                 },
             ],

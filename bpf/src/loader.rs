@@ -275,10 +275,13 @@ fn attach_and_pin(
             .progs_mut()
             .find(|p| p.name() == target.program)
             .expect("chosen variants come from this object's programs");
-        let attached = if prog.section().to_string_lossy().starts_with("cgroup/") {
-            attach_to_root_cgroup(&prog, paths)
-        } else {
-            prog.attach()
+        let section = prog.section().to_string_lossy().into_owned();
+        let attached = match section.as_str() {
+            s if s.starts_with("cgroup/") => attach_to_root_cgroup(&prog, paths),
+            // A bare kprobe serves whichever function its variant names
+            // (the same code where only the function's name changed).
+            "kprobe" | "kretprobe" => prog.attach_kprobe(section == "kretprobe", target.function),
+            _ => prog.attach(),
         };
         match attached {
             Ok(link) => links.push((link_name(target.program, target.module), link)),

@@ -34,29 +34,17 @@ static __always_inline void accounted(int ret)
 		      (__u64)BPF_CORE_READ(pages, uptr), BPF_CORE_READ(pages, last_npinned) * PINCG_PAGE_SIZE, false);
 }
 
-SEC("kprobe/do_update_pinned")
-int BPF_KPROBE(iommufd_update_v612, struct iopt_pages *pages)
+/* Attached to do_update_pinned (6.12) or iopt_pages_update_pinned (7.x),
+ * which take the same first argument: the loader names the function. */
+SEC("kprobe")
+int BPF_KPROBE(iommufd_update, struct iopt_pages *pages)
 {
 	inflight_set(&iommufd_busy, (__u64)pages);
 	return 0;
 }
 
-SEC("kretprobe/do_update_pinned")
-int BPF_KRETPROBE(iommufd_updated_v612, int ret)
-{
-	accounted(ret);
-	return 0;
-}
-
-SEC("kprobe/iopt_pages_update_pinned")
-int BPF_KPROBE(iommufd_update_v72, struct iopt_pages *pages)
-{
-	inflight_set(&iommufd_busy, (__u64)pages);
-	return 0;
-}
-
-SEC("kretprobe/iopt_pages_update_pinned")
-int BPF_KRETPROBE(iommufd_updated_v72, int ret)
+SEC("kretprobe")
+int BPF_KRETPROBE(iommufd_updated, int ret)
 {
 	accounted(ret);
 	return 0;
