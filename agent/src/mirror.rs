@@ -59,11 +59,13 @@ impl Mirror {
         for row in rows {
             let Some(rel) = &row.path else { continue };
             let dir = self.dir(rel);
-            if !self.dirs.contains(rel) {
-                self.create_writable(&dir, rel)?;
-            }
+            // The read-only files first: once pins.max appears in a new
+            // directory (what orchestrators wait for), every file is there.
             for file in InterfaceFile::READ_ONLY {
                 self.write(&dir.join(file.name()), render(file, row))?;
+            }
+            if !self.dirs.contains(rel) {
+                self.create_writable(&dir, rel)?;
             }
             live.insert(rel.clone());
         }
@@ -84,7 +86,6 @@ impl Mirror {
             let path = path.to_path_buf();
             move |source| MirrorError { path, source }
         };
-        fs::create_dir_all(dir).map_err(err(dir))?;
         let owner = fs::metadata(self.cgroup_root.join(rel).join("cgroup.controllers")).ok();
         for (file, default) in InterfaceFile::WRITABLE {
             let path = dir.join(file.name());
