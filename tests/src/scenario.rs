@@ -42,6 +42,17 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     version >= (major, minor)
 }
 
+/// Whether this kernel should refuse io_uring registrations before pinning
+/// (7.0 and later: fmod_ret on io_uring_register) rather than act after
+/// them; and the line `pincg probe` must then print for io_uring.
+pub fn io_uring_refused() -> (bool, &'static str) {
+    if kernel_at_least(7, 0) {
+        (true, "io_uring   refuse")
+    } else {
+        (false, "io_uring   act after")
+    }
+}
+
 /// Say, visibly, that a step does not apply to this kernel.
 pub fn skip(what: &str, why: &str) {
     println!("   SKIPPED {what}: {why}");

@@ -7,17 +7,18 @@
 
 use anyhow::{ensure, Result};
 
-use crate::scenario::{expect_hook, expect_metric, pincg, skip, step, Agent, Cgroup, Workload};
+use crate::scenario::{expect_hook, expect_metric, io_uring_refused, pincg, skip, step, Agent, Cgroup, Workload};
 
 const MIB: u64 = 1 << 20;
 
 pub fn run() -> Result<()> {
     let _agent = Agent::start_with(&["--mode", "enforce"])?;
     let probe = pincg(&["probe"])?;
-    if probe.lines().any(|l| l == "io_uring   refuse") {
+    let (refused, line) = io_uring_refused();
+    ensure!(probe.lines().any(|l| l == line), "probe lacks {line:?}:\n{probe}");
+    if refused {
         refused_before_pinning()?;
     } else {
-        ensure!(probe.lines().any(|l| l == "io_uring   act after"), "probe:\n{probe}");
         acted_after()?;
     }
     high_crossings()

@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 
 use crate::devices::vfio_edu_group;
 use crate::rdma_setup::soft_roce;
-use crate::scenario::{expect_hook, expect_metric, kernel_at_least, pincg, step, Agent, Cgroup, Workload};
+use crate::scenario::{expect_hook, expect_metric, io_uring_refused, pincg, step, Agent, Cgroup, Workload};
 
 const MIB: u64 = 1 << 20;
 
@@ -26,8 +26,7 @@ pub fn run() -> Result<()> {
     step("pincg probe tells which enforcement each source gets on this kernel");
     let probe = pincg(&["probe"])?;
     print!("{probe}");
-    // io_uring: refused on 7.x (fmod_ret on io_uring_register), after the fact before.
-    let io_uring = if kernel_at_least(7, 0) { "io_uring   refuse" } else { "io_uring   act after" };
+    let (_, io_uring) = io_uring_refused();
     for line in ["vfio       refuse", "rdma       refuse", "xdp        refuse", io_uring, "iommufd    none"] {
         ensure!(probe.lines().any(|l| l == line), "probe lacks {line:?}");
     }

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Result};
 
-use crate::scenario::{expect_metric, kernel_at_least, pincg, step, wait_for, Agent, Cgroup, Workload};
+use crate::scenario::{expect_metric, io_uring_refused, pincg, step, wait_for, Agent, Cgroup, Workload};
 
 const TENANT: u32 = 65534;
 
@@ -67,7 +67,7 @@ pub fn run() -> Result<()> {
     root.run("ring")?;
     stopped(root, "register 64M")?;
     delegated.expect_file("pins.events.local", "high 0\nmax 2\n")?;
-    if io_uring_refused() {
+    if io_uring_refused().0 {
         expect_metric("pincg_refusals_total{outcome=\"refused\",source=\"io_uring\"} 2")?;
     } else {
         expect_metric("pincg_kills_total{source=\"io_uring\"} 2")?;
@@ -80,16 +80,10 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Whether this kernel refuses io_uring registrations before pinning (7.0+,
-/// fmod_ret on io_uring_register) rather than acting after them.
-fn io_uring_refused() -> bool {
-    kernel_at_least(7, 0)
-}
-
 /// An io_uring registration over the budget is stopped: refused with ENOMEM
 /// where the kernel allows it, else the pinner is killed (action `kill`).
 fn stopped(mut w: Workload, command: &str) -> Result<()> {
-    if io_uring_refused() {
+    if io_uring_refused().0 {
         w.expect_err(command, "Cannot allocate memory")
     } else {
         w.expect_killed(command)
