@@ -4,22 +4,33 @@
 # scenarios (each boots a Debian kernel under QEMU), then summarises.
 #
 # Env: PINCG_KERNELS (the guest kernel series to run the guest scenarios
-# on, one pass each, default "6.12 7"; PINCG_KERNEL=S alone means
+# on, one pass each, default "6.12 6.1 7": Debian stable's, trixie's and the
+# newest; PINCG_KERNEL=S alone means
 # PINCG_KERNELS=S), PINCG_CACHE (kernel cache, default /var/cache/pincg).
 # The first pass runs every test, the others only the guest scenarios;
 # scenarios pinned to a series (iommufd, the 7.x extras) run once.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
-export PINCG_KERNELS=${PINCG_KERNELS:-${PINCG_KERNEL:-6.12 7}}
+export PINCG_KERNELS=${PINCG_KERNELS:-${PINCG_KERNEL:-6.12 6.1 7}}
 read -ra kernels <<<"$PINCG_KERNELS"
 ((${#kernels[@]})) || { echo "run-tests.sh: PINCG_KERNELS names no kernel series" >&2; exit 2; }
 
 tests/guest/install-deps.sh
 cargo build --workspace --bins
-rm -f target/guest-results.txt
+# The upgrade scenario's builds B and C (BPF objects changed), in target/upgrade-builds.
+target/debug/pincg-upgrade-builds
+rm -f target/guest-results.txt target/skips.txt
 
 status=0
+echo
+echo "=== house style: cargo fmt --check, cargo clippy -D warnings (rustfmt.toml) ==="
+if cargo fmt --version > /dev/null 2>&1 && cargo clippy --version > /dev/null 2>&1; then
+  cargo fmt --all --check || { echo "cargo fmt --check: not formatted (run cargo fmt)"; status=1; }
+  cargo clippy --workspace --all-targets -- -D warnings || { echo "cargo clippy: warnings"; status=1; }
+else
+  echo "house style: SKIPPED: this toolchain has no rustfmt or clippy component" | tee -a target/skips.txt
+fi
 for kernel in "${kernels[@]}"; do
   echo
   if [[ "$kernel" == "${kernels[0]}" ]]; then
@@ -47,7 +58,9 @@ echo
 echo "=== guest scenarios (kernels $PINCG_KERNELS) ==="
 if [[ -s target/guest-results.txt ]]; then
   cat target/guest-results.txt
-  # Per series: "<name> on <series>: passed in 12.3s" / "failed (...) in" / "skipped (why)".
+  # Per series: "<name> on <series>: passed (after 3.0s waiting for the
+  # guest lock) in 12.3s" / "failed (...) (after ...) in" / "skipped (why)";
+  # the seconds summed are the guests' own.
   awk -F': ' '{
       split($1, name, " on "); series = name[2]; verdict = $2; sub(/ .*/, "", verdict)
       n[series, verdict]++; seen[series] = 1
@@ -56,8 +69,8 @@ if [[ -s target/guest-results.txt ]]; then
     END { for (s in seen) printf "kernel %s: %d passed, %d failed, %d skipped, %.0f s in guests\n",
                                  s, n[s, "passed"], n[s, "failed"], n[s, "skipped"], secs[s] }' \
     target/guest-results.txt | sort -V
-  ran=$(grep -vc ': skipped (' target/guest-results.txt || true)
-  passed=$(grep -c ': passed in ' target/guest-results.txt || true)
+  ran=$(grep -Ec ': (passed|failed)( |$)' target/guest-results.txt || true)
+  passed=$(grep -c ': passed ' target/guest-results.txt || true)
   echo "guest scenarios run: $ran ($passed passed, $((ran - passed)) failed) on kernels $PINCG_KERNELS"
   for kernel in "${kernels[@]}"; do
     grep -qF " on $kernel: " target/guest-results.txt \
@@ -66,5 +79,15 @@ if [[ -s target/guest-results.txt ]]; then
 else
   echo "guest scenarios run: 0 -- no guest scenario ran (see the test output above)"
   status=1
+fi
+
+# Every skip with its reason: scenario steps that do not apply to a kernel,
+# scenarios a pass leaves to another, host checks that do not apply here.
+echo
+if [[ -s target/skips.txt ]]; then
+  echo "=== skipped: $(wc -l < target/skips.txt), each with its reason ==="
+  cat target/skips.txt
+else
+  echo "=== skipped: none ==="
 fi
 exit "$status"

@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -16,11 +17,13 @@ use pincg_cgroup_spec::config::NodeBudget;
 use pincg_cgroup_spec::{Action, Limit};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn, Level};
 
 use crate::cgroupfs::CgroupTree;
-use crate::http::{self, Shared};
+use crate::http::{self, Endpoint, Shared};
 use crate::labels::qemu_guest_name;
 use crate::limits::Limits;
+use crate::logging;
 use crate::mirror::Mirror;
 use crate::preexisting::Preexisting;
 use crate::snapshot::{CgroupRow, Snapshot};
@@ -46,6 +49,8 @@ pub struct Options {
     pub metrics: crate::metrics::Filter,
     /// Capacity of a ledger created now (`--ledger-objects`).
     pub ledger_objects: LedgerObjects,
+    /// The NRI plugin and its pod policy.
+    pub nri: pincg_cgroup_spec::config::Nri,
 }
 
 /// Everything needed to take a snapshot.
@@ -59,49 +64,65 @@ pub struct Sampler {
     pod_vms: HashMap<u64, (u64, String)>,
     /// The module instances the hooks were last brought in line with.
     modules: Vec<(&'static str, Option<u64>)>,
+    /// Why the last cleanup was skipped, so it is logged once.
+    skipped_cleanup: Option<String>,
+}
+
+/// Ledger entries of cgroups a sample's scan did not find.
+struct Removed {
+    unused_usage: Vec<u64>,
+    limits: Vec<u64>,
+    /// Why the scan was incomplete, if it was: then nothing here is removed.
+    incomplete: Option<String>,
 }
 
 impl Sampler {
     pub fn new(ledger: Ledger, pins: PinPaths, hooks: Vec<HookStatus>) -> Sampler {
-        Sampler { ledger, pins, hooks, pod_vms: HashMap::new(), modules: Vec::new() }
+        Sampler { ledger, pins, hooks, pod_vms: HashMap::new(), modules: Vec::new(), skipped_cleanup: None }
     }
 
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }
 
-    /// Read the ledger and the cgroup tree into one snapshot, and drop the
-    /// entries of removed cgroups: usage entries with nothing charged, and
-    /// limits (nothing can be charged to a removed cgroup any more).
+    /// Read the ledger and the cgroup tree into one snapshot. A read: no
+    /// map, file or counter changes (what `pincg status` and `top` run).
+    pub fn sample(&mut self) -> anyhow::Result<Snapshot> {
+        Ok(self.read()?.0)
+    }
+
+    /// The snapshot, and what of the ledger belongs to cgroups the scan
+    /// did not find.
     ///
     /// The maps are read before the tree is scanned: an entry read then
-    /// belongs to a cgroup that existed before the scan, so one the scan
-    /// does not find was removed. (Scanned first, a cgroup created between
-    /// the scan and the read, with a charge under way, would look removed.)
-    pub fn sample(&mut self) -> anyhow::Result<Snapshot> {
+    /// belongs to a cgroup that existed before the scan, so one a complete
+    /// scan does not find was removed. (Scanned first, a cgroup created
+    /// between the scan and the read, with a charge under way, would look
+    /// removed.)
+    fn read(&mut self) -> anyhow::Result<(Snapshot, Removed)> {
         let started = Instant::now();
         let usage = self.ledger.usage()?;
-        let mut limits = self.ledger.limits()?;
+        let limits = self.ledger.limits()?;
         let cgroup_root = self.pins.cgroup_root();
         let tree = CgroupTree::scan(cgroup_root)
             .with_context(|| format!("reading the cgroup tree at {}", cgroup_root.display()))?;
         let unused = |u: &pincg_bpf::ledger::CgroupUsage| u.total.total() == 0 && u.local.total() == 0;
-        for u in usage.iter().filter(|u| unused(u) && !tree.contains(u.cgroup)) {
-            self.ledger.forget_cgroup(u.cgroup)?;
-        }
-        for gone in limits.keys().filter(|id| !tree.contains(**id)).copied().collect::<Vec<_>>() {
-            self.ledger.forget_limit(gone)?;
-            limits.remove(&gone);
-        }
+        let removed = Removed {
+            unused_usage: usage.iter().filter(|u| unused(u) && !tree.contains(u.cgroup)).map(|u| u.cgroup).collect(),
+            limits: limits.keys().filter(|id| !tree.contains(**id)).copied().collect(),
+            incomplete: tree.complete().err().map(|(n, first)| format!("{n} unreadable, first {first}")),
+        };
         let mut rows = Snapshot::build(&tree, &usage, &limits);
         self.name_vms_in_pods(&mut rows)?;
         let counters = self.ledger.counters()?;
-        Ok(Snapshot {
+        let (programs_skipped, probes_missed) = pincg_bpf::prog_stats::misses(&self.pins)?;
+        let snapshot = Snapshot {
             rows,
             hooks: self.hooks.clone(),
             objects: counters.live_objects(),
             counters,
-            programs_skipped: pincg_bpf::prog_stats::recursion_misses(&self.pins)?,
+            programs_skipped,
+            probes_missed,
             mode: Some(self.ledger.mode()?),
             actions: self.ledger.actions()?,
             limit_errors: 0,
@@ -109,13 +130,41 @@ impl Sampler {
             sample_duration: started.elapsed(),
             capacity: self.ledger.capacity(),
             preexisting: HashMap::new(),
-        })
+            preexisting_complete: None,
+            scan_incomplete: removed.incomplete.clone(),
+            nri: None,
+        };
+        Ok((snapshot, removed))
+    }
+
+    /// The agent's cleanup: drop the entries of removed cgroups, usage
+    /// entries with nothing charged and limits (nothing can be charged to a
+    /// removed cgroup any more). Never after an incomplete scan, where a
+    /// cgroup below an unreadable directory would look removed; that is
+    /// logged once per distinct gap.
+    fn forget_removed(&mut self, removed: &Removed) -> anyhow::Result<()> {
+        if let Some(why) = &removed.incomplete {
+            if self.skipped_cleanup.as_ref() != Some(why) {
+                warn!("cgroup tree scan incomplete ({why}): removed cgroups' entries are kept until a complete scan");
+                self.skipped_cleanup = Some(why.clone());
+            }
+            return Ok(());
+        }
+        self.skipped_cleanup = None;
+        for &cgroup in &removed.unused_usage {
+            self.ledger.forget_cgroup(cgroup)?;
+        }
+        for &cgroup in &removed.limits {
+            self.ledger.forget_limit(cgroup)?;
+        }
+        Ok(())
     }
 
     /// A pod's cgroup path does not name the VM it runs (KubeVirt's
     /// virt-launcher): take the guest name from the cmdline of a QEMU
-    /// process that pinned memory in it. The ledger's objects are read only
-    /// when a pod cgroup's pins changed.
+    /// process that pinned memory in it (world-readable: no ptrace access
+    /// needed), where the agent sees the host's processes. The ledger's
+    /// objects are read only when a pod cgroup's pins changed.
     fn name_vms_in_pods(&mut self, rows: &mut [CgroupRow]) -> anyhow::Result<()> {
         let pods = |r: &CgroupRow| !r.identity.pod_uid.is_empty() && r.identity.vm.is_empty() && r.local.total() > 0;
         let stale = rows
@@ -123,7 +172,14 @@ impl Sampler {
             .filter(|r| pods(r))
             .any(|r| self.pod_vms.get(&r.id).is_none_or(|(bytes, _)| *bytes != r.local.total()));
         if stale {
-            let objects = self.ledger.objects()?;
+            // The ledger's tgids are the initial PID namespace's: in another
+            // (a pod without hostPID) they would name unrelated processes.
+            let visible = crate::preexisting::host_processes_visible();
+            if let Err(why) = &visible {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| warn!("VMs in pod cgroups are not named (label vm=\"\"): {why}"));
+            }
+            let objects = if visible.is_ok() { self.ledger.objects()? } else { Vec::new() };
             self.pod_vms.clear();
             for row in rows.iter().filter(|r| pods(r)) {
                 let vm = objects
@@ -152,6 +208,7 @@ impl Sampler {
         }
         self.modules = modules;
         if let Some(hooks) = loader::refresh(pins, &self.hooks, objects)? {
+            let hooks = preflight::Policy::read().restrict(hooks);
             let changed: Vec<HookStatus> = hooks
                 .iter()
                 .filter(|h| !self.hooks.iter().any(|old| old.hook == h.hook && old.state == h.state))
@@ -173,12 +230,16 @@ struct Round {
     frozen: HashSet<u64>,
     preexisting: Preexisting,
     preexisting_checked: Instant,
+    /// The NRI plugin's state, when it runs.
+    nri: Option<Arc<crate::nri::Status>>,
 }
 
 impl Round {
     /// Run a round every `interval` and check module hooks every
     /// [`MODULE_POLL`], forever. One bad round (a cgroup vanishing mid-walk,
-    /// a full disk) is logged and retried; it never stops the agent.
+    /// a full disk) is logged and retried; it never stops the agent, but
+    /// `/healthz` fails when rounds keep failing. A problem that recurs
+    /// every round is logged once per [`logging::REPEAT_WINDOW`].
     fn repeat(mut self, interval: Duration, pins: &PinPaths, objects: LedgerObjects, shared: &Shared) {
         let mut modules_checked = Instant::now();
         loop {
@@ -186,27 +247,41 @@ impl Round {
             if modules_checked.elapsed() >= MODULE_POLL {
                 modules_checked = Instant::now();
                 if let Err(e) = self.sampler.refresh_hooks(pins, objects) {
-                    log(&format!("{e:#}"));
+                    logging::report(Level::WARN, format!("checking module hooks: {e:#}"));
                 }
             }
             match self.run() {
-                Ok(snapshot) => *shared.write().expect("snapshot lock is never poisoned") = Arc::new(snapshot),
-                Err(e) => log(&format!("{e:#}")),
+                Ok(snapshot) => shared.publish(snapshot),
+                Err(e) => {
+                    let chain = format!("{e:#}");
+                    logging::report(Level::ERROR, format!("round failed, metrics and mirror not updated: {chain}"));
+                    shared.round_failed(chain);
+                }
             }
+            logging::flush_repeats();
             std::thread::sleep(interval.saturating_sub(started.elapsed()));
         }
     }
 
     fn run(&mut self) -> anyhow::Result<Snapshot> {
-        let mut snapshot = self.sampler.sample()?;
+        let (mut snapshot, removed) = self.sampler.read()?;
+        self.sampler.forget_removed(&removed)?;
+        let complete = removed.incomplete.is_none();
         let live: HashSet<u64> = snapshot.rows.iter().filter(|r| r.path.is_some()).map(|r| r.id).collect();
-        for row in &snapshot.rows {
-            if let Some(rel) = &row.path {
-                self.limits.sync(self.sampler.ledger(), row.id, &self.mirror.dir(rel), rel.is_empty());
+        {
+            // The NRI plugin never writes a pod's limit files while they are read.
+            let nri = self.nri.clone();
+            let _plugin_waits = nri.as_ref().map(|n| n.limits_lock.lock().expect("never poisoned"));
+            for row in &snapshot.rows {
+                if let Some(rel) = &row.path {
+                    self.limits.sync(self.sampler.ledger(), row.id, self.mirror.root(), rel);
+                }
             }
         }
-        for gone in self.limits.cgroups().filter(|id| !live.contains(id)).collect::<Vec<_>>() {
-            self.limits.forget(gone);
+        if complete {
+            for gone in self.limits.cgroups().filter(|id| !live.contains(id)).collect::<Vec<_>>() {
+                self.limits.forget(gone);
+            }
         }
         // What `sync` put in force shows from the next snapshot on; the
         // limits a row carries are always those the kernel enforces.
@@ -217,7 +292,13 @@ impl Round {
             self.preexisting_checked = Instant::now();
         }
         snapshot.preexisting = self.preexisting.by_cgroup();
-        self.mirror.update(&snapshot.rows)?;
+        if let Some(nri) = &self.nri {
+            nri.label(&mut snapshot.rows);
+            snapshot.nri = Some((nri.connected.load(Ordering::Relaxed), nri.refused.load(Ordering::Relaxed)));
+        }
+        snapshot.preexisting_complete = self.preexisting.complete();
+        self.mirror.update(&snapshot.rows, complete, |row| self.limits.seed(row))?;
+        snapshot.limit_errors += self.mirror.errors;
         for row in &snapshot.rows {
             self.freeze_if_over(row);
         }
@@ -233,8 +314,8 @@ impl Round {
         }
         let file = self.sampler.pins.cgroup_root().join(rel).join("cgroup.freeze");
         match std::fs::write(&file, "1") {
-            Ok(()) => log(&format!("{}: over pins.max, frozen ({})", row.label(), file.display())),
-            Err(e) => log(&format!("{}: over pins.max, freezing failed: {}: {e}", row.label(), file.display())),
+            Ok(()) => warn!("{}: over pins.max, frozen ({})", row.label(), file.display()),
+            Err(e) => tracing::error!("{}: over pins.max, freezing failed: {}: {e}", row.label(), file.display()),
         }
     }
 }
@@ -242,10 +323,14 @@ impl Round {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     preflight::check(opts.pins.root())?;
-    log(&format!("configuration: {}", opts.configuration));
+    info!("configuration: {}", opts.configuration);
     // A ledger created now never saw the pins already held on the node.
     let fresh_ledger = !opts.pins.map("objects").exists();
-    let hooks = loader::load_all(&opts.pins, opts.ledger_objects)?;
+    let policy = preflight::Policy::read();
+    for (check, state) in policy.lines() {
+        info!("kernel policy: {check} {state}");
+    }
+    let hooks = policy.restrict(loader::load_all(&opts.pins, opts.ledger_objects)?);
     report_hooks(&hooks);
     if !hooks.iter().any(HookStatus::is_live) {
         let reason = hooks.iter().find_map(|h| match &h.state {
@@ -257,7 +342,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let ledger = Ledger::open(&opts.pins)?;
     report_capacity(&ledger, opts.ledger_objects);
     ledger.set_mode(opts.mode)?;
-    log(&format!("mode {}", opts.mode));
+    info!("mode {}", opts.mode);
     let node_budget = match opts.node_budget {
         Some(budget) => {
             let bytes = budget.bytes(crate::config::mem_total()?);
@@ -265,7 +350,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 NodeBudget::Bytes(_) => String::new(),
                 NodeBudget::PercentOfMemory(_) => format!(" ({budget})"),
             };
-            log(&format!("node budget {bytes} bytes{how}, in force as the limit of the root cgroup"));
+            info!("node budget {bytes} bytes{how}, in force as the limit of the root cgroup");
             Some(bytes)
         }
         None => None,
@@ -281,30 +366,47 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         frozen: HashSet::new(),
         preexisting: if fresh_ledger { Preexisting::scan() } else { Preexisting::default() },
         preexisting_checked: Instant::now(),
+        nri: None,
     };
     for (cgroup, bytes) in round.preexisting.by_cgroup() {
-        log(&format!("{cgroup}: {bytes} bytes were pinned or locked before pincg started; not in its ledger"));
+        warn!("{cgroup}: {bytes} bytes were pinned or locked before pincg started; not in its ledger");
     }
-    let shared: Shared = Arc::new(RwLock::new(Arc::new(round.run()?)));
+    if opts.nri.enable {
+        let plugin = crate::nri::Plugin::new(
+            opts.nri.clone(),
+            opts.pins.clone(),
+            opts.mirror_root.clone(),
+            Ledger::open(&opts.pins)?,
+        );
+        round.nri = Some(plugin.status.clone());
+        tokio::spawn(crate::nri::run(plugin, opts.nri.socket.clone(), opts.nri.plugin_index));
+    }
+    let shared = Shared::new(round.run()?, opts.interval);
 
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("listening for metrics on {}", opts.listen))?;
-    tokio::spawn(http::serve(listener, shared.clone(), Arc::new(opts.metrics.clone())));
-    log(&format!(
+    let listener =
+        TcpListener::bind(opts.listen).await.with_context(|| format!("listening for metrics on {}", opts.listen))?;
+    let endpoint = Endpoint::new(shared.clone(), opts.metrics.clone(), http::ConnectionLimits::default());
+    tokio::spawn(http::serve(listener, endpoint));
+    info!(
         "ready in {} ms: mirror {}, metrics http://{}/metrics",
         started.elapsed().as_millis(),
         opts.mirror_root.display(),
         opts.listen
-    ));
+    );
 
     // Rounds run on their own thread, so a slow round on a large node never
     // delays a scrape: the endpoint serves the latest finished snapshot.
+    // The thread never returns: `ended` resolves only if it panicked, and
+    // the agent exits so that its supervisor restarts it.
     let rounds = shared.clone();
     let pins = opts.pins.clone();
+    let (ended, thread_ended) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("pincg-rounds".into())
-        .spawn(move || round.repeat(opts.interval, &pins, opts.ledger_objects, &rounds))
+        .spawn(move || {
+            let _ended = ended;
+            round.repeat(opts.interval, &pins, opts.ledger_objects, &rounds)
+        })
         .context("starting the round thread")?;
 
     let mut term = signal(SignalKind::terminate())?;
@@ -312,8 +414,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = thread_ended => bail!("the round thread panicked (its message is above); exiting so that the agent is restarted"),
     }
-    log("stopping; BPF programs, the ledger and the limits stay pinned under the pin root");
+    info!("stopping; BPF programs, the ledger and the limits stay pinned under the pin root");
     Ok(())
 }
 
@@ -322,20 +425,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 fn report_capacity(ledger: &Ledger, asked: LedgerObjects) {
     let objects = ledger.capacity().into_iter().find(|(map, _)| *map == "objects").map_or(0, |(_, n)| n);
     match asked {
-        Some(n) if n != objects => log(&format!(
+        Some(n) if n != objects => warn!(
             "ledger capacity {objects} pin objects: the pinned ledger keeps its size; \
              --ledger-objects {n} applies to a new ledger (after `pincg unload`)"
-        )),
-        _ => log(&format!("ledger capacity {objects} pin objects")),
+        ),
+        _ => info!("ledger capacity {objects} pin objects"),
     }
 }
 
 fn report_hooks(hooks: &[HookStatus]) {
     for h in hooks {
-        log(&format!("hook {} ({}): {}", h.hook, h.program.unwrap_or("-"), h.describe()));
+        info!("hook {} ({}): {}", h.hook, h.program.unwrap_or("-"), h.describe());
     }
-}
-
-pub fn log(line: &str) {
-    eprintln!("pincg agent: {line}");
 }

@@ -27,34 +27,67 @@ fn cgroup2_in_mountinfo(mountinfo: &str) -> Option<PathBuf> {
 }
 
 /// A snapshot of the cgroup tree: id → path relative to the root ("" is
-/// the root cgroup itself).
+/// the root cgroup itself), and the directories the walk could not read.
 #[derive(Debug, Default, Clone)]
 pub struct CgroupTree {
     paths: HashMap<u64, String>,
+    gaps: Vec<ScanGap>,
+}
+
+/// A directory the walk could not read (permission, EMFILE, a path too
+/// long): the cgroups below it are missing from the tree, so the tree
+/// cannot tell which cgroups were removed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ScanGap {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A child cgroup directory found by one listing: its name and inode.
+pub struct Child {
+    pub name: String,
+    pub ino: u64,
 }
 
 impl CgroupTree {
-    /// Walk the hierarchy mounted at `root`. Cgroups that vanish while the
-    /// walk runs are skipped, not errors.
+    /// Walk the hierarchy mounted at `root`. A cgroup that vanishes while
+    /// the walk runs is left out (it was removed); any other failure to read
+    /// a directory is a [`ScanGap`] and makes the tree incomplete.
     pub fn scan(root: &Path) -> std::io::Result<CgroupTree> {
-        let mut paths = HashMap::new();
-        paths.insert(fs::metadata(root)?.ino(), String::new());
+        CgroupTree::scan_with(root, list_children)
+    }
+
+    /// [`CgroupTree::scan`] with the directory listing given, for tests.
+    fn scan_with(root: &Path, list: impl Fn(&Path) -> std::io::Result<Vec<Child>>) -> std::io::Result<CgroupTree> {
+        let mut tree = CgroupTree::default();
+        tree.paths.insert(fs::metadata(root)?.ino(), String::new());
         let mut pending: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
         while let Some((dir, rel)) = pending.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                let Ok(kind) = entry.file_type() else { continue };
-                if !kind.is_dir() {
+            let children = match list(&dir) {
+                Ok(children) => children,
+                Err(e) if vanished(&e) => continue,
+                Err(e) => {
+                    tree.gaps.push(ScanGap { path: dir, reason: e.to_string() });
                     continue;
                 }
-                let Ok(meta) = entry.metadata() else { continue };
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-                paths.insert(meta.ino(), child.clone());
-                pending.push((entry.path(), child));
+            };
+            for Child { name, ino } in children {
+                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                tree.paths.insert(ino, child.clone());
+                pending.push((dir.join(name), child));
             }
         }
-        Ok(CgroupTree { paths })
+        Ok(tree)
+    }
+
+    /// `Ok` if every directory was read; else the first that was not, and
+    /// how many were not.
+    pub fn complete(&self) -> Result<(), (usize, &ScanGap)> {
+        match self.gaps.first() {
+            None => Ok(()),
+            Some(first) => Err((self.gaps.len(), first)),
+        }
     }
 
     /// The path of cgroup `id`, relative to the root, if it exists.
@@ -70,6 +103,29 @@ impl CgroupTree {
     pub fn iter(&self) -> impl Iterator<Item = (u64, &str)> {
         self.paths.iter().map(|(id, p)| (*id, p.as_str()))
     }
+}
+
+/// The child directories of `dir`. An entry that vanished between the
+/// listing and its stat is left out; any other error fails the listing.
+fn list_children(dir: &Path) -> std::io::Result<Vec<Child>> {
+    let mut children = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() {
+            children.push(Child { name: entry.file_name().to_string_lossy().into_owned(), ino: meta.ino() });
+        }
+    }
+    Ok(children)
+}
+
+/// A cgroup removed while the walk ran: not a gap in the tree.
+fn vanished(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
 }
 
 /// `/`-prefixed display form of a relative cgroup path.
@@ -91,10 +147,11 @@ mod tests {
 
     #[test]
     fn scan_maps_inodes_to_relative_paths() {
-        let root = std::env::temp_dir().join(format!("pincg-cgroupfs-{}", std::process::id()));
-        fs::create_dir_all(root.join("vm.slice/vm-1.scope")).unwrap();
-        fs::write(root.join("vm.slice/pins.current"), "0\n").unwrap();
-        let tree = CgroupTree::scan(&root).unwrap();
+        let fixture = crate::fixture::Tree::new();
+        fixture.mkdir("vm.slice/vm-1.scope");
+        fixture.write("vm.slice/pins.current", "0\n");
+        let root = fixture.root();
+        let tree = CgroupTree::scan(root).unwrap();
         let ino = |p: &str| fs::metadata(root.join(p)).unwrap().ino();
         let mut seen: Vec<(u64, &str)> = tree.iter().collect();
         seen.sort_by_key(|(_, p)| p.len());
@@ -103,6 +160,47 @@ mod tests {
             [(ino(""), ""), (ino("vm.slice"), "vm.slice"), (ino("vm.slice/vm-1.scope"), "vm.slice/vm-1.scope")]
         );
         assert_eq!(display_path("vm.slice"), "/vm.slice");
-        fs::remove_dir_all(root).unwrap();
+        assert_eq!(tree.complete(), Ok(()));
+    }
+
+    #[test]
+    fn a_vanished_directory_is_removed_an_unreadable_one_is_a_gap() {
+        let fixture = crate::fixture::Tree::new();
+        let root = fixture.root();
+        let errno = |n| Err(std::io::Error::from_raw_os_error(n));
+        let list = |dir: &Path| -> std::io::Result<Vec<Child>> {
+            let child = |name: &str, ino| Child { name: name.into(), ino };
+            match dir.strip_prefix(root).unwrap().to_str().unwrap() {
+                "" => Ok(vec![child("gone", 10), child("tenant", 11), child("busy", 12), child("ok", 13)]),
+                "gone" => errno(libc::ENOENT),
+                "tenant" => errno(libc::EACCES),
+                "busy" => errno(libc::EMFILE),
+                "ok" => Ok(vec![child("leaf", 14)]),
+                _ => Ok(vec![]),
+            }
+        };
+        let tree = CgroupTree::scan_with(root, list).unwrap();
+        assert_eq!(tree.path(14), Some("ok/leaf"));
+        assert_eq!(tree.path(10), Some("gone"), "listed before it vanished");
+        let (count, _) = tree.complete().unwrap_err();
+        assert_eq!(count, 2, "EACCES and EMFILE are gaps, ENOENT is not");
+        let mut gaps: Vec<String> = tree.gaps.iter().map(ToString::to_string).collect();
+        gaps.sort();
+        assert_eq!(
+            gaps,
+            [
+                format!("{}: Too many open files (os error 24)", root.join("busy").display()),
+                format!("{}: Permission denied (os error 13)", root.join("tenant").display()),
+            ]
+        );
+
+        let only_gone = |dir: &Path| {
+            if dir == root {
+                Ok(vec![Child { name: "gone".into(), ino: 10 }])
+            } else {
+                errno(libc::ENOENT)
+            }
+        };
+        assert_eq!(CgroupTree::scan_with(root, only_gone).unwrap().complete(), Ok(()), "vanished mid-walk is complete");
     }
 }

@@ -105,13 +105,12 @@ mod tests {
 
     use super::*;
 
-    fn temp(name: &str, text: Option<&str>) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("pincg-config-{}-{name}.toml", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        if let Some(text) = text {
-            std::fs::write(&path, text).unwrap();
+    /// `name` in `fixture`, holding `text` (absent: `None`).
+    fn temp(fixture: &crate::fixture::Tree, name: &str, text: Option<&str>) -> PathBuf {
+        match text {
+            Some(text) => fixture.write(name, text),
+            None => fixture.join(name),
         }
-        path
     }
 
     #[test]
@@ -121,10 +120,11 @@ mod tests {
 
     #[test]
     fn a_missing_default_file_means_the_embedded_default() {
-        let (config, origin) = read(None, &temp("absent", None)).unwrap();
+        let fixture = crate::fixture::Tree::new();
+        let (config, origin) = read(None, &temp(&fixture, "absent", None)).unwrap();
         assert_eq!(config, Config::default());
         assert!(origin.starts_with("built-in defaults"), "{origin}");
-        let present = temp("present", Some("mode = \"enforce\"\nnode_budget = \"96M\"\n"));
+        let present = temp(&fixture, "present", Some("mode = \"enforce\"\nnode_budget = \"96M\"\n"));
         let (config, origin) = read(None, &present).unwrap();
         assert_eq!((config.mode, config.node_budget), (Mode::Enforce, Some(NodeBudget::Bytes(96 << 20))));
         assert_eq!(origin, present.display().to_string());
@@ -132,15 +132,25 @@ mod tests {
 
     #[test]
     fn a_missing_explicit_file_is_an_error() {
-        let missing = temp("missing", None);
+        let fixture = crate::fixture::Tree::new();
+        let missing = temp(&fixture, "missing", None);
         let e = read(Some(&missing), Path::new(DEFAULT_PATH)).unwrap_err();
         assert!(matches!(&e, LoadError::Read { path, .. } if *path == missing), "{e}");
-        assert!(e.to_string().starts_with(&format!("configuration file {}: ", missing.display())), "{e}");
+        // The cause is part of the message, not a `source`: printed once.
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(e)),
+            format!("configuration file {}: No such file or directory (os error 2)", missing.display())
+        );
     }
 
     #[test]
     fn flags_override_the_file() {
-        let file = temp("flags", Some("mode = \"enforce\"\n[metrics]\ncgroup_prefixes = [\"/a\"]\nall_cgroups = true\n"));
+        let fixture = crate::fixture::Tree::new();
+        let file = temp(
+            &fixture,
+            "flags",
+            Some("mode = \"enforce\"\n[metrics]\ncgroup_prefixes = [\"/a\"]\nall_cgroups = true\n"),
+        );
         let flags = |mode, prefixes: &[&str]| Flags {
             config: Some(file.clone()),
             listen: Some("127.0.0.1:1".parse().unwrap()),

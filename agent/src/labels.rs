@@ -10,13 +10,18 @@ pub struct Identity {
     /// `guaranteed`, `burstable` or `besteffort`.
     pub qos: String,
     pub vm: String,
+    /// The pod's namespace and name, from NRI (the path carries only the uid).
+    pub namespace: String,
+    pub pod: String,
 }
 
 /// Read the identity off a relative cgroup path.
 pub fn identify(path: &str) -> Identity {
     let mut id = Identity::default();
     let segments: Vec<String> = path.split('/').map(unescape_systemd).collect();
-    if let Some(k) = segments.iter().position(|s| s == "kubepods" || s == "kubepods.slice" || s.ends_with("-kubepods.slice")) {
+    if let Some(k) =
+        segments.iter().position(|s| s == "kubepods" || s == "kubepods.slice" || s.ends_with("-kubepods.slice"))
+    {
         kubernetes(&segments[k + 1..], &mut id);
     }
     for s in &segments {
@@ -61,10 +66,7 @@ fn kubernetes(below: &[String], id: &mut Identity) {
 /// a bare 64-hex id (cgroupfs driver). Not CRI-O's `crio-conmon-*`.
 fn container_id(segment: &str) -> Option<String> {
     let bare = segment.strip_suffix(".scope").unwrap_or(segment);
-    let hex = ["cri-containerd-", "crio-", "docker-"]
-        .iter()
-        .find_map(|p| bare.strip_prefix(p))
-        .unwrap_or(bare);
+    let hex = ["cri-containerd-", "crio-", "docker-"].iter().find_map(|p| bare.strip_prefix(p)).unwrap_or(bare);
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_string())
 }
 
@@ -125,7 +127,13 @@ mod tests {
     const CID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
     fn pod(qos: &str) -> Identity {
-        Identity { pod_uid: UID.into(), container_id: CID.into(), qos: qos.into(), vm: String::new() }
+        Identity {
+            pod_uid: UID.into(),
+            container_id: CID.into(),
+            qos: qos.into(),
+            vm: String::new(),
+            ..Identity::default()
+        }
     }
 
     #[test]
@@ -133,13 +141,17 @@ mod tests {
         let u = UID.replace('-', "_");
         for runtime in ["cri-containerd", "crio", "docker"] {
             assert_eq!(
-                identify(&format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/{runtime}-{CID}.scope")),
+                identify(&format!(
+                    "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/{runtime}-{CID}.scope"
+                )),
                 pod("burstable"),
                 "{runtime}"
             );
         }
         assert_eq!(
-            identify(&format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{CID}.scope")),
+            identify(&format!(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{CID}.scope"
+            )),
             pod("besteffort")
         );
         assert_eq!(identify(&format!("kubepods.slice/kubepods-pod{u}.slice/crio-{CID}.scope")), pod("guaranteed"));

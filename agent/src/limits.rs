@@ -6,6 +6,11 @@
 //! larger than a page leaves the previous value in force, and is reported
 //! once (log line and `pincg_limit_errors_total`) until its content changes.
 //!
+//! A value that parses but is not in canonical form is rewritten in it once
+//! it is in force, keeping the file's owner: the rewrite is how a writer
+//! that cannot read BPF maps (a delegatee's `pincg set`) learns the agent
+//! took its value. An empty file is a write in progress, not an error.
+//!
 //! The node budget is the root cgroup's limit: the root's `pins.max` in
 //! force is the lower of the budget and the mirror root's own `pins.max`,
 //! so no file can lift it and no sync removes it.
@@ -19,7 +24,8 @@ use std::path::{Path, PathBuf};
 use pincg_bpf::ledger::{CgroupLimit, Ledger};
 use pincg_cgroup_spec::{parse_action, parse_limit, Action, InterfaceFile, Limit};
 
-use crate::agent::log;
+use crate::mirror::Owner;
+use crate::snapshot::CgroupRow;
 
 /// Largest limit file read; anything longer is refused.
 const MAX_FILE: u64 = 4096;
@@ -45,6 +51,9 @@ pub struct Limits {
     seen: HashMap<PathBuf, (Stamp, Result<String, String>)>,
     /// The mirror directory of each cgroup synced, to forget its files.
     dirs: HashMap<u64, PathBuf>,
+    /// Files of the cgroup being synced to rewrite in canonical form once
+    /// their values are in force.
+    rewrite: Vec<(InterfaceFile, String)>,
     /// Bad files seen since start, for the metrics.
     pub errors: u64,
     /// Bytes all pins on the node together may not exceed.
@@ -58,28 +67,72 @@ impl Limits {
         Limits { in_force, node_budget, ..Limits::default() }
     }
 
-    /// Read the limit files of `cgroup` (mirror directory `dir`; `root`
-    /// for the root cgroup) and put what changed in force.
-    pub fn sync(&mut self, ledger: &Ledger, cgroup: u64, dir: &Path, root: bool) {
-        if !self.dirs.contains_key(&cgroup) {
-            self.dirs.insert(cgroup, dir.to_path_buf());
-        }
+    /// Read the limit files of `cgroup` (directory `rel` of the mirror at
+    /// `mirror_root`; "" is the root cgroup) and put what changed in force;
+    /// then rewrite the files that were not in canonical form.
+    pub fn sync(&mut self, ledger: &Ledger, cgroup: u64, mirror_root: &Path, rel: &str) {
+        let dir = mirror_root.join(rel);
+        self.dirs.entry(cgroup).or_insert_with(|| dir.clone());
+        self.rewrite.clear();
         let previous = self.in_force.get(&cgroup).copied().unwrap_or(NO_LIMIT);
-        let max = self.read(dir, InterfaceFile::Max, parse_limit, previous.max);
-        let high = self.read(dir, InterfaceFile::High, parse_limit, previous.high);
-        let action = self.read(dir, InterfaceFile::MaxAction, parse_action, previous.action);
-        let max = if root { within(max, self.node_budget) } else { max };
+        let max = self.read(&dir, InterfaceFile::Max, parse_limit, previous.max);
+        let high = self.read(&dir, InterfaceFile::High, parse_limit, previous.high);
+        let action = self.read(&dir, InterfaceFile::MaxAction, parse_action, previous.action);
+        let max = if rel.is_empty() { within(max, self.node_budget) } else { max };
         let wanted = CgroupLimit { max, high, action };
-        if self.in_force.get(&cgroup).copied().unwrap_or(NO_LIMIT) == wanted {
-            return;
-        }
-        match ledger.set_limit(cgroup, &wanted) {
-            Ok(()) => {
-                log(&format!("{}: max {max}, high {high}, action {action} in force", dir.display()));
-                self.in_force.insert(cgroup, wanted);
+        if self.in_force.get(&cgroup).copied().unwrap_or(NO_LIMIT) != wanted {
+            match ledger.set_limit(cgroup, &wanted) {
+                Ok(()) => {
+                    tracing::info!("{}: max {max}, high {high}, action {action} in force", dir.display());
+                    self.in_force.insert(cgroup, wanted);
+                }
+                // Retried every round while it fails: logged once per window.
+                Err(e) => {
+                    crate::logging::report(
+                        tracing::Level::ERROR,
+                        format!("{}: limit not put in force: {}", dir.display(), crate::logging::chain(&e)),
+                    );
+                    return;
+                }
             }
-            Err(e) => log(&format!("{}: limit not put in force: {e}", dir.display())),
         }
+        for (file, canonical) in std::mem::take(&mut self.rewrite) {
+            self.rewrite_canonical(mirror_root, rel, file, &canonical);
+        }
+    }
+
+    /// Rewrite a limit file in canonical form, keeping its owner (a
+    /// delegatee's file stays the delegatee's). One that cannot keep its
+    /// owner is left as written, reported once.
+    fn rewrite_canonical(&mut self, mirror_root: &Path, rel: &str, file: InterfaceFile, canonical: &str) {
+        let path = mirror_root.join(rel).join(file.name());
+        let done = crate::mirror::open_dir(mirror_root, rel, false).and_then(|dir| {
+            let owner = match crate::mirror::owner_at(&dir, file.name())? {
+                Some((uid, gid)) => Owner::Of(uid, gid),
+                None => return Ok(()),
+            };
+            crate::mirror::replace_at(&dir, file.name(), canonical, owner)
+        });
+        if let Err(e) = done {
+            let reason = format!("in force, but not rewritten in canonical form ({e})");
+            if self.reported.get(&path) != Some(&reason) {
+                self.errors += 1;
+                tracing::warn!("{}: {reason}", path.display());
+                self.reported.insert(path, reason);
+            }
+        }
+    }
+
+    /// What a new mirror limit file of `row`'s cgroup starts with: the limit
+    /// in force, except that the root's `pins.max` leaves the node budget out
+    /// (it applies anyway, and written into the file it would outlast a
+    /// change of the configuration).
+    pub fn seed(&self, row: &CgroupRow) -> CgroupLimit {
+        let mut limit = self.in_force.get(&row.id).copied().unwrap_or(NO_LIMIT);
+        if row.path.as_deref() == Some("") && self.node_budget.is_some_and(|b| limit.max == Limit::Bytes(b)) {
+            limit.max = Limit::Max;
+        }
+        limit
     }
 
     /// Forget a removed cgroup: its limit and what was read of its files.
@@ -116,16 +169,15 @@ impl Limits {
                 self.reported.remove(&path);
                 let canonical = format!("{value}\n");
                 if text != canonical {
-                    // Rendered back as the kernel would; a failed rewrite is harmless.
-                    let _ = crate::mirror::replace_file(&path, &canonical);
+                    self.rewrite.push((file, canonical));
                 }
                 value
             }
-            Err(reason) if reason == "missing" => previous,
+            Err(reason) if reason == MISSING || reason == EMPTY => previous,
             Err(reason) => {
                 if self.reported.get(&path) != Some(&reason) {
                     self.errors += 1;
-                    log(&LimitFileError { path: path.clone(), reason: reason.clone() }.to_string());
+                    tracing::warn!("{}", LimitFileError { path: path.clone(), reason: reason.clone() });
                     self.reported.insert(path, reason);
                 }
                 previous
@@ -142,7 +194,7 @@ impl Limits {
         });
         let Some(stamp) = stamp else {
             self.seen.remove(path);
-            return Err("missing".into());
+            return Err(MISSING.into());
         };
         if let Some((seen, content)) = self.seen.get(path) {
             if *seen == stamp {
@@ -164,15 +216,20 @@ fn within(limit: Limit, budget: Option<u64>) -> Limit {
     }
 }
 
+/// Why `read_small` returned nothing, when that is no problem.
+const MISSING: &str = "missing";
+const EMPTY: &str = "empty";
+
 const NO_LIMIT: CgroupLimit = CgroupLimit { max: Limit::Max, high: Limit::Max, action: Action::Alert };
 
 /// Read a limit file: a regular file (not followed through a symlink) of at
-/// most [`MAX_FILE`] bytes of UTF-8. `Err("missing")` if it does not exist.
+/// most [`MAX_FILE`] bytes of UTF-8. `Err(MISSING)` if it does not exist,
+/// `Err(EMPTY)` while a writer has truncated it and not yet written.
 fn read_small(path: &Path) -> Result<String, String> {
     let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
     let file = match file {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(MISSING.into()),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err("is a symlink, not a file".into()),
         Err(e) => return Err(e.to_string()),
     };
@@ -188,6 +245,9 @@ fn read_small(path: &Path) -> Result<String, String> {
     }
     let mut text = String::new();
     file.take(MAX_FILE).read_to_string(&mut text).map_err(|e| format!("is not UTF-8 text ({e})"))?;
+    if text.is_empty() {
+        return Err(EMPTY.into());
+    }
     Ok(text)
 }
 
@@ -195,12 +255,8 @@ fn read_small(path: &Path) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("pincg-limits-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
+    /// Puts one kind of bad limit file in place.
+    type MakeFile<'a> = Box<dyn Fn() + 'a>;
 
     fn read_max(limits: &mut Limits, d: &Path, previous: Limit) -> Limit {
         limits.read(d, InterfaceFile::Max, parse_limit, previous)
@@ -208,22 +264,38 @@ mod tests {
 
     #[test]
     fn good_values_are_taken_and_rendered_canonically() {
-        let d = dir("good");
+        let fixture = crate::fixture::Tree::new();
+        let d = fixture.root();
         let mut limits = Limits::default();
         fs::write(d.join("pins.max"), "16G").unwrap();
-        assert_eq!(read_max(&mut limits, &d, Limit::Max), Limit::Bytes(16 << 30));
+        // SAFETY: geteuid has no preconditions.
+        let delegatee = if unsafe { libc::geteuid() } == 0 { 1000 } else { unsafe { libc::geteuid() } };
+        std::os::unix::fs::chown(d.join("pins.max"), Some(delegatee), None).unwrap();
+        assert_eq!(read_max(&mut limits, d, Limit::Max), Limit::Bytes(16 << 30));
+        assert_eq!(fs::read_to_string(d.join("pins.max")).unwrap(), "16G", "rewritten only once in force");
+        assert_eq!(limits.rewrite, [(InterfaceFile::Max, "17179869184\n".to_string())]);
+        let (root, rel) = (d.parent().unwrap(), d.file_name().unwrap().to_str().unwrap());
+        limits.rewrite_canonical(root, rel, InterfaceFile::Max, "17179869184\n");
         assert_eq!(fs::read_to_string(d.join("pins.max")).unwrap(), "17179869184\n");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(d.join("pins.max")).unwrap().uid(), delegatee, "the delegatee keeps its file");
+        limits.rewrite.clear();
         fs::write(d.join("pins.max"), "max\n").unwrap();
-        assert_eq!(read_max(&mut limits, &d, Limit::Bytes(1)), Limit::Max);
+        assert_eq!(read_max(&mut limits, d, Limit::Bytes(1)), Limit::Max);
+        assert!(limits.rewrite.is_empty());
+        // Truncated by a writer that has not written yet: nothing to report.
+        fs::write(d.join("pins.max"), "").unwrap();
+        assert_eq!(read_max(&mut limits, d, Limit::Bytes(1)), Limit::Bytes(1));
         assert_eq!(limits.errors, 0);
     }
 
     #[test]
     fn every_kind_of_bad_input_keeps_the_previous_limit_and_is_reported_once() {
-        let d = dir("bad");
+        let fixture = crate::fixture::Tree::new();
+        let d = fixture.root();
         let previous = Limit::Bytes(80 << 20);
         let file = d.join("pins.max");
-        let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+        let cases: Vec<(&str, MakeFile)> = vec![
             ("garbage", Box::new(|| fs::write(d.join("pins.max"), "lots of memory").unwrap())),
             ("negative", Box::new(|| fs::write(d.join("pins.max"), "-1").unwrap())),
             ("overflow", Box::new(|| fs::write(d.join("pins.max"), "18446744073709551616").unwrap())),
@@ -244,8 +316,8 @@ mod tests {
             let _ = fs::remove_file(&file);
             let _ = fs::remove_dir(&file);
             make();
-            assert_eq!(read_max(&mut limits, &d, previous), previous, "{name}");
-            assert_eq!(read_max(&mut limits, &d, previous), previous, "{name} again");
+            assert_eq!(read_max(&mut limits, d, previous), previous, "{name}");
+            assert_eq!(read_max(&mut limits, d, previous), previous, "{name} again");
             assert_eq!(limits.errors, i as u64 + 1, "{name} is reported exactly once");
         }
         let reasons: Vec<&String> = limits.reported.values().collect();
@@ -260,6 +332,20 @@ mod tests {
         assert_eq!(within(Limit::Bytes(64 << 20), Some(96 << 20)), Limit::Bytes(64 << 20));
         assert_eq!(within(Limit::Bytes(64 << 20), None), Limit::Bytes(64 << 20));
         assert_eq!(within(Limit::Max, None), Limit::Max);
+    }
+
+    #[test]
+    fn new_mirror_files_are_seeded_with_the_limit_in_force_but_not_the_node_budget() {
+        let vm = CgroupLimit { max: Limit::Bytes(16 << 20), high: Limit::Max, action: Action::Kill };
+        let budget = CgroupLimit { max: Limit::Bytes(96 << 20), ..NO_LIMIT };
+        let limits = Limits::resume(HashMap::from([(7, vm), (1, budget)]), Some(96 << 20));
+        let row = |id, path: &str| CgroupRow { id, ..CgroupRow::sample(path, pincg_cgroup_spec::Source::Vfio, 0) };
+        assert_eq!(limits.seed(&row(7, "vm")), vm);
+        assert_eq!(limits.seed(&row(8, "new")), NO_LIMIT);
+        assert_eq!(limits.seed(&row(1, "")), NO_LIMIT, "the budget applies anyway; the file keeps `max`");
+        let tighter = CgroupLimit { max: Limit::Bytes(64 << 20), ..NO_LIMIT };
+        let limits = Limits::resume(HashMap::from([(1, tighter)]), Some(96 << 20));
+        assert_eq!(limits.seed(&row(1, "")), tighter, "a root limit below the budget was the file's");
     }
 
     #[test]

@@ -2,13 +2,19 @@
 
 mod agent;
 mod cgroupfs;
+mod columns;
 mod config;
 mod explain;
+#[cfg(test)]
+mod fixture;
+mod health;
 mod http;
 mod labels;
 mod limits;
+mod logging;
 mod metrics;
 mod mirror;
+mod nri;
 mod preexisting;
 mod probe;
 mod set;
@@ -123,10 +129,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pincg: {e:#}");
+            // The whole chain, each cause once (`chains_name_each_cause_once` in bpf/src/error.rs).
+            tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
@@ -156,15 +164,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     prefixes: config.metrics.cgroup_prefixes,
                 },
                 ledger_objects,
+                nri: config.nri,
             };
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(agent::run(opts))
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::run(opts))
         }
         Command::Status { all, json } => {
             let mut sampler = agent::Sampler::new(Ledger::open(&pins()?)?, pins()?, Vec::new());
             let snapshot = sampler.sample()?;
+            if let Some(why) = &snapshot.scan_incomplete {
+                eprintln!("pincg: the cgroup tree scan is incomplete ({why}): cgroups below it show as removed");
+            }
             let rows = status::visible(&snapshot, all);
             if json {
                 println!("{}", serde_json::to_string_pretty(&status::render_json(&rows, &snapshot))?);
@@ -191,11 +200,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Probe { json } => {
-            let hooks = loader::probe(&KernelBtf::load()?);
+            // What the kernel's policy lets run, read without changing the system.
+            pincg_bpf::preflight::private_securityfs();
+            let policy = pincg_bpf::preflight::Policy::read();
+            let hooks = policy.restrict(loader::probe(&KernelBtf::load()?));
             if json {
-                println!("{}", serde_json::to_string_pretty(&probe::render_json(&hooks))?);
+                println!("{}", serde_json::to_string_pretty(&probe::render_json(&policy, &hooks))?);
             } else {
-                print!("{}", probe::render_text(&hooks));
+                print!("{}", probe::render_text(&policy, &hooks));
             }
             Ok(())
         }

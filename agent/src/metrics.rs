@@ -11,6 +11,7 @@ use std::fmt::{Display, Write};
 
 use pincg_cgroup_spec::Limit;
 
+use crate::columns::{events, Read, COLUMNS};
 use crate::snapshot::{CgroupRow, Snapshot};
 
 /// Which cgroups get per-cgroup series: every cgroup can mean thousands of
@@ -74,7 +75,7 @@ impl Exposition {
 }
 
 /// The identity labels every per-cgroup series carries.
-fn cgroup_labels<'a>(row: &'a CgroupRow, label: &'a str) -> [(&'static str, &'a str); 5] {
+fn cgroup_labels<'a>(row: &'a CgroupRow, label: &'a str) -> [(&'static str, &'a str); 7] {
     let id = &row.identity;
     [
         ("cgroup", label),
@@ -82,6 +83,8 @@ fn cgroup_labels<'a>(row: &'a CgroupRow, label: &'a str) -> [(&'static str, &'a 
         ("container_id", id.container_id.as_str()),
         ("qos", id.qos.as_str()),
         ("vm", id.vm.as_str()),
+        ("namespace", id.namespace.as_str()),
+        ("pod", id.pod.as_str()),
     ]
 }
 
@@ -91,52 +94,29 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
         snapshot.rows.iter().map(|r| (r, r.label())).filter(|(r, label)| filter.keeps(r, label)).collect();
     let mut e = Exposition { out: String::with_capacity(rows.len() * 1200 + 4096) };
 
-    e.family(
-        "pincg_pinned_bytes",
-        "gauge",
-        "Bytes of long-term pinned pages charged to the cgroup and its descendants, by source.",
-    );
-    for (row, label) in &rows {
-        for (source, bytes) in row.total.iter() {
-            let mut l = [&cgroup_labels(row, label)[..], &[("source", source.key())]].concat();
-            e.sample("pincg_pinned_bytes", &mut l, bytes);
-        }
-    }
-    let per_cgroup: [(&str, &str, &str, fn(&CgroupRow) -> Option<u64>); 4] = [
-        ("pincg_current_bytes", "gauge", "pins.current: all sources, the cgroup and its descendants.", |r| {
-            Some(r.current())
-        }),
-        ("pincg_peak_bytes", "gauge", "pins.peak: the highest pins.current seen.", |r| Some(r.peak)),
-        ("pincg_limit_bytes", "gauge", "pins.max in force; cgroups without a limit have no series.", |r| {
-            match r.limit.map(|l| l.max) {
-                Some(Limit::Bytes(b)) => Some(b),
-                _ => None,
-            }
-        }),
-        ("pincg_high_bytes", "gauge", "pins.high in force; cgroups without one have no series.", |r| {
-            match r.limit.map(|l| l.high) {
-                Some(Limit::Bytes(b)) => Some(b),
-                _ => None,
-            }
-        }),
-    ];
-    for (name, kind, help, value) in per_cgroup {
-        e.family(name, kind, help);
+    for c in COLUMNS {
+        e.family(c.metric, c.kind, c.help);
         for (row, label) in &rows {
-            if let Some(v) = value(row) {
-                e.sample(name, &mut cgroup_labels(row, label), v);
+            match c.read {
+                Read::Bytes(read) => e.sample(c.metric, &mut cgroup_labels(row, label), read(row)),
+                Read::Limit(read) => {
+                    if let Some(Limit::Bytes(b)) = read(row) {
+                        e.sample(c.metric, &mut cgroup_labels(row, label), b);
+                    }
+                }
+                Read::PerSource(read) => {
+                    for (source, bytes) in read(row).iter() {
+                        let mut l = [&cgroup_labels(row, label)[..], &[("source", source.key())]].concat();
+                        e.sample(c.metric, &mut l, bytes);
+                    }
+                }
+                Read::Events(read) => {
+                    for (event, n) in events(read(row)) {
+                        let mut l = [&cgroup_labels(row, label)[..], &[("event", event)]].concat();
+                        e.sample(c.metric, &mut l, n);
+                    }
+                }
             }
-        }
-    }
-    e.family(
-        "pincg_events_total",
-        "counter",
-        "pins.events: pins.high crossings (high) and requests refused or overruns at pins.max (max), in the cgroup and its descendants.",
-    );
-    for (row, label) in &rows {
-        for (event, n) in [("high", row.events.high), ("max", row.events.max)] {
-            let mut l = [&cgroup_labels(row, label)[..], &[("event", event)]].concat();
-            e.sample("pincg_events_total", &mut l, n);
         }
     }
 
@@ -176,6 +156,16 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
         "Limit files refused (garbage, symlink, too large…); the previous limit stayed in force.",
     );
     e.sample("pincg_limit_errors_total", &mut [], snapshot.limit_errors);
+    if let Some((connected, refused)) = snapshot.nri {
+        e.family("pincg_nri_connected", "gauge", "1 while pincg is registered with the runtime's NRI socket.");
+        e.sample("pincg_nri_connected", &mut [], u64::from(connected));
+        e.family(
+            "pincg_nri_annotations_refused_total",
+            "counter",
+            "Pod annotations not applied (unparsable, or raising a budget the node policy does not let the pod raise).",
+        );
+        e.sample("pincg_nri_annotations_refused_total", &mut [], refused);
+    }
 
     e.family(
         "pincg_preexisting_pinned_bytes",
@@ -184,6 +174,14 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
     );
     for (cgroup, bytes) in &snapshot.preexisting {
         e.sample("pincg_preexisting_pinned_bytes", &mut [("cgroup", cgroup.as_str())], bytes);
+    }
+    e.family(
+        "pincg_preexisting_scan_complete",
+        "gauge",
+        "1 if the scan at start for pins from before pincg's ledger read every process; 0 if they are unknown (no host PID namespace, or open files the agent may not read: see its log). No series when no scan ran.",
+    );
+    if let Some(complete) = snapshot.preexisting_complete {
+        e.sample("pincg_preexisting_scan_complete", &mut [], u8::from(complete));
     }
     e.family("pincg_hook_attached", "gauge", "1 if the hook's BPF program is attached, 0 if unavailable.");
     for h in &snapshot.hooks {
@@ -208,7 +206,11 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
     for (map, capacity) in &snapshot.capacity {
         e.sample("pincg_ledger_capacity", &mut [("map", map)], capacity);
     }
-    e.family("pincg_sample_duration_seconds", "gauge", "How long the last read of the ledger and the cgroup tree took.");
+    e.family(
+        "pincg_sample_duration_seconds",
+        "gauge",
+        "How long the last read of the ledger and the cgroup tree took.",
+    );
     e.sample("pincg_sample_duration_seconds", &mut [], snapshot.sample_duration.as_secs_f64());
     e.family("pincg_agent_resident_bytes", "gauge", "Resident memory of the agent process.");
     let rss = procfs::process::Process::myself().and_then(|p| p.status()).map(|s| s.vmrss.unwrap_or(0) * 1024);
@@ -224,7 +226,10 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
         ("stale_object", c.stale_objects),
         ("unknown_release", c.unknown_releases),
         ("spans_full", c.spans_full),
+        ("requests_full", c.requests_full),
+        ("ledger_room", c.ledger_room),
         ("program_skipped", snapshot.programs_skipped),
+        ("probe_missed", snapshot.probes_missed),
     ] {
         e.sample("pincg_ledger_events_total", &mut [("event", event)], n);
     }
@@ -252,7 +257,7 @@ mod tests {
         };
         let text = render(&snapshot, &Filter::default());
         // The encoder sorts labels by name.
-        let labels = "cgroup=\"/vm.slice/a\",container_id=\"\",pod_uid=\"\",qos=\"\",vm=\"\"";
+        let labels = "cgroup=\"/vm.slice/a\",container_id=\"\",namespace=\"\",pod=\"\",pod_uid=\"\",qos=\"\",vm=\"\"";
         let with = |extra: &str| labels.replace(",vm=", &format!(",{extra},vm="));
         let pinned = |source: &str| with(&format!("source=\"{source}\""));
         assert!(text.contains(&format!("pincg_pinned_bytes{{{}}} 67108864\n", pinned("io_uring"))), "{text}");
@@ -260,7 +265,7 @@ mod tests {
         assert!(text.contains(&format!("pincg_current_bytes{{{labels}}} 67108864\n")));
         assert!(text.contains("# TYPE pincg_ledger_events_total counter\n"));
         assert!(text.contains(&format!("pincg_limit_bytes{{{labels}}} 1073741824\n")), "{text}");
-        let high = labels.replace(",pod_uid=", ",event=\"high\",pod_uid=");
+        let high = labels.replace(",namespace=", ",event=\"high\",namespace=");
         assert!(text.contains(&format!("pincg_events_total{{{high}}} 1\n")), "{text}");
         assert!(!text.contains("pincg_high_bytes{"), "no series for an unset pins.high");
         assert!(!text.contains("\npincg_node_budget_bytes "), "no series without a node budget");
@@ -277,7 +282,14 @@ mod tests {
             ..Snapshot::default()
         };
         let cgroups = |filter: &Filter| -> Vec<String> {
-            snapshot.rows.iter().map(CgroupRow::label).zip(&snapshot.rows).filter(|(l, r)| filter.keeps(r, l)).map(|(l, _)| l).collect()
+            snapshot
+                .rows
+                .iter()
+                .map(CgroupRow::label)
+                .zip(&snapshot.rows)
+                .filter(|(l, r)| filter.keeps(r, l))
+                .map(|(l, _)| l)
+                .collect()
         };
         assert_eq!(cgroups(&Filter::default()), ["/", "/machine.slice/vm", "/other"]);
         assert_eq!(cgroups(&Filter { all_cgroups: true, prefixes: vec![] }).len(), 4);

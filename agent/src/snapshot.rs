@@ -89,6 +89,9 @@ pub struct Snapshot {
     /// Times the kernel skipped one of pincg's programs (see
     /// `pincg_bpf::prog_stats`): charges or releases the ledger missed.
     pub programs_skipped: u64,
+    /// Hits pincg's kprobes and kretprobes dropped (kretprobe `maxactive`
+    /// exhausted; kernel 6.7+ reports it): charges or releases missed too.
+    pub probes_missed: u64,
     /// Live pin objects in the ledger.
     pub objects: u64,
     pub mode: Option<Mode>,
@@ -103,6 +106,14 @@ pub struct Snapshot {
     pub capacity: Vec<(&'static str, u32)>,
     /// Bytes pinned or locked before the ledger existed, by cgroup path.
     pub preexisting: HashMap<String, u64>,
+    /// Whether the agent's scan for them read every process (`None`: no
+    /// scan, the ledger already existed when the agent started).
+    pub preexisting_complete: Option<bool>,
+    /// Why the cgroup tree scan missed directories, if it did: cgroups
+    /// below them show as removed.
+    pub scan_incomplete: Option<String>,
+    /// The NRI plugin, when enabled: connected, and annotations refused.
+    pub nri: Option<(bool, u64)>,
 }
 
 impl Snapshot {
@@ -170,7 +181,14 @@ mod tests {
         let tree = CgroupTree::default();
         let charged = PerSource([0, 0, 0, 4096, 0, 0]);
         let usage = [
-            CgroupUsage { cgroup: 7, local: charged, total: charged, pinned: 4096, peak: 4096, events: Events::default() },
+            CgroupUsage {
+                cgroup: 7,
+                local: charged,
+                total: charged,
+                pinned: 4096,
+                peak: 4096,
+                events: Events::default(),
+            },
             CgroupUsage { cgroup: 8, ..CgroupUsage::default() },
         ];
         let rows = Snapshot::build(&tree, &usage, &HashMap::new());

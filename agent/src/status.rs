@@ -1,20 +1,18 @@
 //! `pincg status`: the cgroup tree with pinned bytes, in human units.
 
-use pincg_cgroup_spec::{format_human, Limit, Source};
+use pincg_cgroup_spec::{format_human, Source};
 use serde_json::json;
 
+use crate::columns::{self, events_text, human_limit, Column, Read, COLUMNS};
 use crate::snapshot::{CgroupRow, Snapshot};
 
 /// Rows worth showing: charged cgroups and their ancestors, or all.
 pub fn visible(snapshot: &Snapshot, all: bool) -> Vec<&CgroupRow> {
-    snapshot
-        .rows
-        .iter()
-        .filter(|r| all || r.current() > 0 || r.path.as_deref() == Some(""))
-        .collect()
+    snapshot.rows.iter().filter(|r| all || r.current() > 0 || r.path.as_deref() == Some("")).collect()
 }
 
-/// The table for people: the tree indented by depth, one column per source.
+/// The table for people: the tree indented by depth, then every column
+/// `status` shows (`crate::columns`), bytes per source one column each.
 pub fn render_table(rows: &[&CgroupRow]) -> String {
     let name = |r: &CgroupRow| match &r.path {
         Some(p) if p.is_empty() => "/".to_string(),
@@ -24,20 +22,35 @@ pub fn render_table(rows: &[&CgroupRow]) -> String {
         }
         None => r.label(),
     };
+    let columns: Vec<&Column> = COLUMNS.iter().filter(|c| c.in_tables).collect();
     let width = rows.iter().map(|r| name(r).len()).max().unwrap_or(6).max(6);
-    let mut out = format!("{:<width$}  {:>10}  {:>10}  {:>10}", "CGROUP", "CURRENT", "MAX", "PEAK");
-    for s in Source::ALL {
-        out.push_str(&format!("  {:>10}", s.key().to_uppercase()));
+    let mut out = format!("{:<width$}", "CGROUP");
+    for c in &columns {
+        match c.read {
+            Read::PerSource(_) => {
+                for s in Source::ALL {
+                    out.push_str(&format!("  {:>10}", s.key().to_uppercase()));
+                }
+            }
+            Read::Bytes(_) | Read::Limit(_) | Read::Events(_) => out.push_str(&format!("  {:>10}", c.header)),
+        }
     }
     out.push('\n');
     for r in rows {
-        let max = match r.limit.map(|l| l.max) {
-            Some(Limit::Bytes(b)) => format_human(b),
-            _ => "max".to_string(),
-        };
-        out.push_str(&format!("{:<width$}  {:>10}  {:>10}  {:>10}", name(r), format_human(r.current()), max, format_human(r.peak)));
-        for (_, bytes) in r.total.iter() {
-            out.push_str(&format!("  {:>10}", format_human(bytes)));
+        out.push_str(&format!("{:<width$}", name(r)));
+        for c in &columns {
+            match c.read {
+                Read::Bytes(read) => out.push_str(&format!("  {:>10}", format_human(read(r)))),
+                Read::Limit(read) => out.push_str(&format!("  {:>10}", human_limit(read(r)))),
+                Read::PerSource(read) => {
+                    for (_, bytes) in read(r).iter() {
+                        out.push_str(&format!("  {:>10}", format_human(bytes)));
+                    }
+                }
+                Read::Events(read) => {
+                    out.push_str(&format!("  {:>10}", events_text(read(r))));
+                }
+            }
         }
         out.push('\n');
     }
@@ -45,17 +58,7 @@ pub fn render_table(rows: &[&CgroupRow]) -> String {
 }
 
 pub fn render_json(rows: &[&CgroupRow], snapshot: &Snapshot) -> serde_json::Value {
-    let cgroups: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            let stat: serde_json::Map<_, _> =
-                r.total.iter().map(|(s, b)| (s.key().to_string(), json!(b))).collect();
-            let limit = r.limit.map(|l| json!({"max": l.max.to_string(), "high": l.high.to_string(), "action": l.action}));
-            json!({"cgroup": r.label(), "id": r.id, "removed": r.path.is_none(),
-                   "current": r.current(), "peak": r.peak, "limit": limit,
-                   "events": r.events, "stat": stat})
-        })
-        .collect();
+    let cgroups: Vec<_> = rows.iter().map(|r| columns::json(r)).collect();
     json!({"cgroups": cgroups, "objects": snapshot.objects})
 }
 

@@ -2,18 +2,17 @@
 
 use std::time::Duration;
 
-use pincg_cgroup_spec::{format_human, Limit};
+use pincg_cgroup_spec::format_human;
 
 use crate::agent::Sampler;
+use crate::columns::{self, events_text, human_limit, Column, Read, COLUMNS};
 use crate::snapshot::{CgroupRow, Snapshot};
 
 /// The `limit` busiest cgroups (by pins.current), leaves before parents
 /// at equal usage.
 pub fn busiest(snapshot: &Snapshot, limit: usize) -> Vec<&CgroupRow> {
     let mut rows: Vec<&CgroupRow> = snapshot.rows.iter().filter(|r| r.current() > 0).collect();
-    rows.sort_by(|a, b| {
-        b.current().cmp(&a.current()).then(depth(b).cmp(&depth(a))).then(a.label().cmp(&b.label()))
-    });
+    rows.sort_by(|a, b| b.current().cmp(&a.current()).then(depth(b).cmp(&depth(a))).then(a.label().cmp(&b.label())));
     rows.truncate(limit);
     rows
 }
@@ -24,30 +23,35 @@ fn depth(row: &CgroupRow) -> usize {
 
 pub fn render(snapshot: &Snapshot, limit: usize) -> String {
     let mut out = format!(
-        "pincg top: {} cgroups pinning, {} objects, mode {}\n\n{:>10} {:>10} {:>10}  {:<10}  {}\n",
+        "pincg top: {} cgroups pinning, {} objects, mode {}\n\n",
         snapshot.rows.iter().filter(|r| r.current() > 0).count(),
         snapshot.objects,
         snapshot.mode.map_or("-".to_string(), |m| m.to_string()),
-        "CURRENT",
-        "MAX",
-        "PEAK",
-        "SOURCES",
-        "CGROUP"
     );
+    let columns: Vec<&Column> = COLUMNS.iter().filter(|c| c.in_tables).collect();
+    for c in &columns {
+        match c.read {
+            Read::Bytes(_) | Read::Limit(_) => out.push_str(&format!("{:>10} ", c.header)),
+            Read::PerSource(_) | Read::Events(_) => out.push_str(&format!(" {:<10}  ", c.header)),
+        }
+    }
+    out.push_str("CGROUP\n");
     for r in busiest(snapshot, limit) {
-        let max = match r.limit.map(|l| l.max) {
-            Some(Limit::Bytes(b)) => format_human(b),
-            _ => "max".into(),
-        };
-        let sources: Vec<&str> = r.total.iter().filter(|(_, b)| *b > 0).map(|(s, _)| s.key()).collect();
-        out.push_str(&format!(
-            "{:>10} {:>10} {:>10}  {:<10}  {}\n",
-            format_human(r.current()),
-            max,
-            format_human(r.peak),
-            sources.join(","),
-            r.label()
-        ));
+        for c in &columns {
+            match c.read {
+                Read::Bytes(read) => out.push_str(&format!("{:>10} ", format_human(read(r)))),
+                Read::Limit(read) => out.push_str(&format!("{:>10} ", human_limit(read(r)))),
+                Read::PerSource(read) => {
+                    let sources: Vec<&str> = read(r).iter().filter(|(_, b)| *b > 0).map(|(s, _)| s.key()).collect();
+                    out.push_str(&format!(" {:<10}  ", sources.join(",")));
+                }
+                Read::Events(read) => {
+                    out.push_str(&format!(" {:<10}  ", events_text(read(r))));
+                }
+            }
+        }
+        out.push_str(&r.label());
+        out.push('\n');
     }
     out
 }
@@ -58,7 +62,7 @@ pub fn run(sampler: &mut Sampler, interval: Duration, iterations: u64, limit: us
     loop {
         let snapshot = sampler.sample()?;
         if json {
-            let rows: Vec<&CgroupRow> = busiest(&snapshot, limit);
+            let rows: Vec<serde_json::Value> = busiest(&snapshot, limit).into_iter().map(columns::json).collect();
             println!("{}", serde_json::to_string(&rows)?);
         } else {
             // Clear the screen and home the cursor, as top(1) does.

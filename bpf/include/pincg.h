@@ -21,16 +21,8 @@
 /* Pages per entry of the `spans` map (512 KiB of user address space). */
 #define PINCG_SPAN_PAGES 128
 
-/* Keep in sync with cgroup-spec's `Source` (a unit test checks). */
-enum pincg_source {
-	PINCG_SRC_VFIO = 0,
-	PINCG_SRC_IOMMUFD = 1,
-	PINCG_SRC_RDMA = 2,
-	PINCG_SRC_IO_URING = 3,
-	PINCG_SRC_XDP = 4,
-	PINCG_SRC_OTHER = 5,
-	PINCG_NR_SOURCES = 6,
-};
+/* enum pincg_source, generated from cgroup-spec's `Source` (bpf/build.rs). */
+#include "pincg_sources.h"
 
 /* Health counters, one slot each in the `counters` array map. */
 enum pincg_counter {
@@ -48,7 +40,14 @@ enum pincg_counter {
 	/* A span entry could not be created: the spans map is full, so the
 	 * pages were counted as not pinned by anything else (never less). */
 	PINCG_CNT_SPANS_FULL = 6,
-	PINCG_NR_COUNTERS = 7,
+	/* A request of a limited cgroup was refused (enforce) or let through
+	 * unreserved (monitor): the requests map was full. */
+	PINCG_CNT_REQUESTS_FULL = 7,
+	/* A request of a limited cgroup found the ledger without room for its
+	 * objects (the last PINCG_UNLIMITED_SHARE of `objects` is kept for
+	 * cgroups without a limit): refused (enforce) or let through (monitor). */
+	PINCG_CNT_LEDGER_ROOM = 8,
+	PINCG_NR_COUNTERS = 9,
 };
 
 /* Enforcement mode, slot 0 of the `settings` array map. */
@@ -81,8 +80,14 @@ struct pincg_config {
 
 /* Refusals and overruns per source, slot = enum pincg_source. */
 struct source_actions {
+#ifdef PINCG_TEST_LAYOUT_CHANGE
+	/* The upgrade test's third build: the same size, two fields swapped. */
+	__u64 would_refuse;
+	__u64 refused;
+#else
 	__u64 refused;		/* requests refused before pinning (enforce) */
 	__u64 would_refuse;	/* requests monitor mode let through */
+#endif
 	__u64 overruns;		/* pins that took a cgroup over pins.max */
 	__u64 killed;		/* pinning tasks killed for an overrun */
 };
@@ -105,7 +110,16 @@ struct pin_object {
 	__u32 depth;
 	__u32 tgid;		/* pinning process */
 	char comm[16];
+	/* Levels (bit i: ancestors[i]) whose pins.max this object's pin went
+	 * over, and PINCG_OVER_KILLED once it was killed for it: a request
+	 * pinned chunk by chunk counts one `max` event per cgroup, not one per
+	 * chunk. */
+	__u32 over;
+	__u32 pad;
 };
+
+/* pin_object.over: the pinning task was sent SIGKILL for the overrun. */
+#define PINCG_OVER_KILLED (1U << PINCG_MAX_DEPTH)
 
 /*
  * Deduplication: how many live pin objects of one process, charged to one
@@ -134,6 +148,30 @@ struct cgroup_usage {
 	__u64 peak;			/* highest `pinned` seen */
 	__u64 events_max;		/* requests refused or overruns at this pins.max */
 	__u64 events_high;		/* crossings of this pins.high */
+	/* Bytes admitted at a refusal point and not yet pinned by their
+	 * request (see struct pin_request): pinned + reserved never exceeds
+	 * pins.max through an admission. */
+	__u64 reserved;
+};
+
+/* 1/N of the `objects` map that requests of limited cgroups cannot take:
+ * no tenant can fill the ledger and leave other pins uncharged. */
+#define PINCG_UNLIMITED_SHARE 8
+
+/* Requests between their admission and the end of their system call. */
+#define PINCG_MAX_REQUESTS 8192
+
+/*
+ * One admitted request of one task (key: pid_tgid), from its refusal point
+ * to the exit of its system call: the bytes it reserved in the `reserved`
+ * of the cgroups of `held`, which its pins take over as they are charged;
+ * what is left is returned when the system call ends.
+ */
+struct pin_request {
+	__u64 cgroups[PINCG_MAX_DEPTH];	/* the task's ancestry at admission, root first */
+	__u64 left;			/* reserved bytes no pin has taken yet */
+	__u32 held;			/* bit i: cgroups[i] holds `left` in its reserved */
+	__u32 over;			/* as pin_object.over, for the whole request */
 };
 
 #endif /* PINCG_H */

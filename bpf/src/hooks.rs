@@ -21,6 +21,8 @@ pub struct Attach {
     pub params: usize,
     /// The module holding the function; `None` for vmlinux.
     pub module: Option<&'static str>,
+    /// An LSM program: it runs only where the BPF LSM is active.
+    pub lsm: bool,
 }
 
 /// The programs that together serve a hook on one range of kernels. It
@@ -28,6 +30,10 @@ pub struct Attach {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Variant {
     pub attach: &'static [Attach],
+    /// For a hook with several variants: the kernel change this one
+    /// serves (the kernels it fits, and what changed), which `pincg probe`
+    /// shows next to the program it chose.
+    pub change: Option<&'static str>,
 }
 
 impl Variant {
@@ -51,11 +57,16 @@ impl Variant {
 }
 
 const fn attach(program: &'static str, function: &'static str, params: usize) -> Attach {
-    Attach { program, function, params, module: None }
+    Attach { program, function, params, module: None, lsm: false }
+}
+
+/// An LSM program on the hook whose `security_*` function is `function`.
+const fn attach_lsm(program: &'static str, function: &'static str, params: usize) -> Attach {
+    Attach { program, function, params, module: None, lsm: true }
 }
 
 const fn attach_mod(program: &'static str, module: &'static str, function: &'static str, params: usize) -> Attach {
-    Attach { program, function, params, module: Some(module) }
+    Attach { program, function, params, module: Some(module), lsm: false }
 }
 
 /// A point in a pin source's lifecycle that pincg must observe.
@@ -108,10 +119,23 @@ pub const IO_URING: SourceHooks = SourceHooks {
                         attach("io_uring_register_v61", "io_sqe_buffer_register", 4),
                         attach("io_uring_registered_v61", "io_sqe_buffer_register", 4),
                     ],
+                    change: Some(
+                        "6.1-6.12: io_sqe_buffer_register(ctx, iov, pimu, last_hpage) fills *pimu with the buffer",
+                    ),
                 },
                 // 6.13-7.1 and 7.2+ differ in arity, not in what is read.
-                Variant { attach: &[attach("io_uring_registered_v613", "io_sqe_buffer_register", 3)] },
-                Variant { attach: &[attach("io_uring_registered_v613", "io_sqe_buffer_register", 2)] },
+                Variant {
+                    attach: &[attach("io_uring_registered_v613", "io_sqe_buffer_register", 3)],
+                    change: Some(
+                        "6.13-7.1: io_sqe_buffer_register(ctx, iov, last_hpage) returns the buffer's io_rsrc_node",
+                    ),
+                },
+                Variant {
+                    attach: &[attach("io_uring_registered_v613", "io_sqe_buffer_register", 2)],
+                    change: Some(
+                        "7.2: io_sqe_buffer_register(ctx, iov) returns the buffer's io_rsrc_node, last_hpage gone",
+                    ),
+                },
             ],
         },
         Hook {
@@ -126,6 +150,7 @@ pub const IO_URING: SourceHooks = SourceHooks {
                         attach("io_uring_unpin_folio_v612", "unpin_user_folio", 2),
                         attach("io_uring_unpin_page_v61", "unpin_user_page", 1),
                     ],
+                    change: Some("6.12 (not 6.1): coalesced huge-page buffers are unpinned with unpin_user_folio"),
                 },
                 Variant {
                     attach: &[
@@ -133,6 +158,7 @@ pub const IO_URING: SourceHooks = SourceHooks {
                         attach("io_uring_unmapped_v61", "io_buffer_unmap", 2),
                         attach("io_uring_unpin_page_v61", "unpin_user_page", 1),
                     ],
+                    change: Some("6.1: io_buffer_unmap unpins page by page (unpin_user_page)"),
                 },
                 Variant {
                     attach: &[
@@ -140,6 +166,9 @@ pub const IO_URING: SourceHooks = SourceHooks {
                         attach("io_uring_freed_node_v613", "io_free_rsrc_node", 2),
                         attach("io_uring_unpin_folio_v613", "unpin_user_folio", 2),
                     ],
+                    change: Some(
+                        "6.13+: a buffer goes with its io_rsrc_node (io_free_rsrc_node), io_buffer_unmap inlined",
+                    ),
                 },
             ],
         },
@@ -160,12 +189,16 @@ pub const VFIO: SourceHooks = SourceHooks {
                     attach_mod("vfio_unpin_v61", "vfio_iommu_type1", "vfio_unpin_pages_remote", 5),
                     attach_mod("vfio_unpinned_v61", "vfio_iommu_type1", "vfio_unpin_pages_remote", 5),
                 ],
+                change: None,
             }],
         },
         Hook {
             name: "vfio:release",
             source: Source::Vfio,
-            variants: &[Variant { attach: &[attach_mod("vfio_remove_v61", "vfio_iommu_type1", "vfio_remove_dma", 2)] }],
+            variants: &[Variant {
+                attach: &[attach_mod("vfio_remove_v61", "vfio_iommu_type1", "vfio_remove_dma", 2)],
+                change: None,
+            }],
         },
     ],
 };
@@ -183,19 +216,24 @@ pub const IOMMUFD: SourceHooks = SourceHooks {
                         attach_mod("iommufd_update", "iommufd", "do_update_pinned", 4),
                         attach_mod("iommufd_updated", "iommufd", "do_update_pinned", 4),
                     ],
+                    change: Some("6.12: iommufd accounts pinned pages in do_update_pinned"),
                 },
                 Variant {
                     attach: &[
                         attach_mod("iommufd_update", "iommufd", "iopt_pages_update_pinned", 4),
                         attach_mod("iommufd_updated", "iommufd", "iopt_pages_update_pinned", 4),
                     ],
+                    change: Some("7.x: the accounting function is iopt_pages_update_pinned"),
                 },
             ],
         },
         Hook {
             name: "iommufd:release",
             source: Source::Iommufd,
-            variants: &[Variant { attach: &[attach_mod("iommufd_release_v612", "iommufd", "iopt_release_pages", 1)] }],
+            variants: &[Variant {
+                attach: &[attach_mod("iommufd_release_v612", "iommufd", "iopt_release_pages", 1)],
+                change: None,
+            }],
         },
     ],
 };
@@ -208,16 +246,28 @@ pub const RDMA: SourceHooks = SourceHooks {
             name: "rdma:register",
             source: Source::Rdma,
             variants: &[
-                Variant { attach: &[attach_mod("rdma_umem_get_v61", "ib_uverbs", "ib_umem_get", 4)] },
-                Variant { attach: &[attach_mod("rdma_umem_get_v72", "ib_core", "__ib_umem_get_va", 4)] },
+                Variant {
+                    attach: &[attach_mod("rdma_umem_get_v61", "ib_uverbs", "ib_umem_get", 4)],
+                    change: Some("6.1-7.1: MRs are pinned by ib_umem_get in ib_uverbs"),
+                },
+                Variant {
+                    attach: &[attach_mod("rdma_umem_get_v72", "ib_core", "__ib_umem_get_va", 4)],
+                    change: Some("7.2: umem moved to ib_core, MRs pinned by __ib_umem_get_va"),
+                },
             ],
         },
         Hook {
             name: "rdma:release",
             source: Source::Rdma,
             variants: &[
-                Variant { attach: &[attach_mod("rdma_umem_release", "ib_uverbs", "ib_umem_release", 1)] },
-                Variant { attach: &[attach_mod("rdma_umem_release", "ib_core", "ib_umem_release", 1)] },
+                Variant {
+                    attach: &[attach_mod("rdma_umem_release", "ib_uverbs", "ib_umem_release", 1)],
+                    change: Some("6.1-7.1: ib_umem_release in ib_uverbs"),
+                },
+                Variant {
+                    attach: &[attach_mod("rdma_umem_release", "ib_core", "ib_umem_release", 1)],
+                    change: Some("7.2: ib_umem_release in ib_core"),
+                },
             ],
         },
     ],
@@ -230,7 +280,7 @@ pub const XDP: SourceHooks = SourceHooks {
         Hook {
             name: "xdp:register",
             source: Source::Xdp,
-            variants: &[Variant { attach: &[attach("xdp_umem_create_v61", "xdp_umem_create", 1)] }],
+            variants: &[Variant { attach: &[attach("xdp_umem_create_v61", "xdp_umem_create", 1)], change: None }],
         },
         Hook {
             name: "xdp:release",
@@ -242,6 +292,7 @@ pub const XDP: SourceHooks = SourceHooks {
                     attach("xdp_unpin_v61", "unpin_user_pages_dirty_lock", 3),
                     attach("xdp_release_deferred_v61", "xdp_umem_release_deferred", 1),
                 ],
+                change: None,
             }],
         },
     ],
@@ -261,6 +312,7 @@ pub const VDUSE: SourceHooks = SourceHooks {
                     attach_mod("vduse_reg_umem", "vduse", "vduse_dev_ioctl", 3),
                     attach_mod("vduse_reg_umem_done", "vduse", "vduse_dev_ioctl", 3),
                 ],
+                change: None,
             }],
         },
         Hook {
@@ -272,16 +324,28 @@ pub const VDUSE: SourceHooks = SourceHooks {
                         attach_mod("vduse_dereg_v612", "vduse", "vduse_dev_dereg_umem", 3),
                         attach_mod("vduse_deregistered", "vduse", "vduse_dev_dereg_umem", 3),
                     ],
+                    change: Some("6.12: vduse_dev_dereg_umem(dev, iova, size), the umem at dev->umem"),
                 },
                 Variant {
                     attach: &[
                         attach_mod("vduse_dereg_v72", "vduse", "vduse_dev_dereg_umem", 4),
                         attach_mod("vduse_deregistered", "vduse", "vduse_dev_dereg_umem", 4),
                     ],
+                    change: Some("7.x: address spaces: vduse_dev_dereg_umem(dev, asid, iova, size), the umem at dev->as[asid].umem"),
                 },
             ],
         },
     ],
+};
+
+/// The ioctl refusal point and the end of the ioctl, which returns what an
+/// admitted request reserved and did not pin.
+const IOCTL_REFUSAL: Variant = Variant {
+    attach: &[
+        attach_lsm("enforce_file_ioctl", "security_file_ioctl", 3),
+        attach("enforce_ioctl_end", "__x64_sys_ioctl", 1),
+    ],
+    change: None,
 };
 
 /// The refusal points of the budget (`src/bpf/enforce.bpf.c`): one LSM
@@ -291,31 +355,21 @@ pub const ENFORCE: SourceHooks = SourceHooks {
     object: "enforce",
     requires: None,
     hooks: &[
-        Hook {
-            name: "vfio:refuse",
-            source: Source::Vfio,
-            variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
-        },
-        Hook {
-            name: "iommufd:refuse",
-            source: Source::Iommufd,
-            variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
-        },
-        Hook {
-            name: "rdma:refuse",
-            source: Source::Rdma,
-            variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
-        },
-        Hook {
-            name: "vduse:refuse",
-            source: Source::Other,
-            variants: &[Variant { attach: &[attach("enforce_file_ioctl", "security_file_ioctl", 3)] }],
-        },
+        Hook { name: "vfio:refuse", source: Source::Vfio, variants: &[IOCTL_REFUSAL] },
+        Hook { name: "iommufd:refuse", source: Source::Iommufd, variants: &[IOCTL_REFUSAL] },
+        Hook { name: "rdma:refuse", source: Source::Rdma, variants: &[IOCTL_REFUSAL] },
+        Hook { name: "vduse:refuse", source: Source::Other, variants: &[IOCTL_REFUSAL] },
         Hook {
             name: "xdp:refuse",
             source: Source::Xdp,
             // A cgroup program has no kernel function; it needs AF_XDP.
-            variants: &[Variant { attach: &[attach("enforce_setsockopt", "xdp_umem_create", 1)] }],
+            variants: &[Variant {
+                attach: &[
+                    attach("enforce_setsockopt", "xdp_umem_create", 1),
+                    attach("enforce_setsockopt_end", "__x64_sys_setsockopt", 1),
+                ],
+                change: None,
+            }],
         },
     ],
 };
@@ -333,13 +387,29 @@ pub const ENFORCE_SYSCALL: SourceHooks = SourceHooks {
     hooks: &[Hook {
         name: "io_uring:refuse",
         source: Source::IoUring,
-        variants: &[Variant { attach: &[attach("enforce_io_uring_register", "__x64_sys_io_uring_register", 1)] }],
+        variants: &[Variant {
+            attach: &[
+                attach("enforce_io_uring_register", "__x64_sys_io_uring_register", 1),
+                // The end of the call returns what the request reserved and did not pin.
+                attach("enforce_io_uring_register_end", "__x64_sys_io_uring_register", 1),
+            ],
+            change: None,
+        }],
     }],
 };
 
 /// Every object pincg can load, in load order.
-pub const ALL_SOURCES: &[&SourceHooks] =
-    &[&IO_URING, &VFIO, &IOMMUFD, &RDMA, &XDP, &VDUSE, &ENFORCE, &ENFORCE_SYSCALL];
+pub const ALL_SOURCES: &[&SourceHooks] = &[&IO_URING, &VFIO, &IOMMUFD, &RDMA, &XDP, &VDUSE, &ENFORCE, &ENFORCE_SYSCALL];
+
+/// Whether hook `name` is served by an LSM program.
+pub fn runs_as_lsm(name: &str) -> bool {
+    ALL_SOURCES
+        .iter()
+        .flat_map(|s| s.hooks.iter())
+        .filter(|h| h.name == name)
+        .flat_map(|h| h.variants.iter())
+        .any(|v| v.attach.iter().any(|a| a.lsm))
+}
 
 /// What the kernel offers: parameter counts of its functions.
 pub trait FunctionCatalog {
@@ -363,7 +433,10 @@ pub fn select(source: &SourceHooks, kernel: &dyn FunctionCatalog) -> Result<Vec<
     if let Some(req) = source.requires.as_ref().filter(|r| kernel.release() < r.release) {
         let (major, minor) = req.release;
         let hook = source.hooks[0].name;
-        return Err(Error::HookUnavailable { hook, reason: format!("needs kernel {major}.{minor} or later: {}", req.why) });
+        return Err(Error::HookUnavailable {
+            hook,
+            reason: format!("needs kernel {major}.{minor} or later: {}", req.why),
+        });
     }
     source
         .hooks
@@ -398,6 +471,18 @@ mod tests {
 
     use super::*;
 
+    /// A hook with several variants says, for each, which kernel change it
+    /// serves (`pincg probe` shows it); a hook with one needs none.
+    #[test]
+    fn every_variant_of_a_changed_hook_names_its_kernel_change() {
+        for hook in ALL_SOURCES.iter().flat_map(|s| s.hooks.iter()) {
+            for v in hook.variants {
+                let several = hook.variants.len() > 1;
+                assert_eq!(v.change.is_some(), several, "{}: variant {}", hook.name, v.primary());
+            }
+        }
+    }
+
     struct FakeKernel(HashMap<&'static str, usize>);
 
     impl FunctionCatalog for FakeKernel {
@@ -431,11 +516,8 @@ mod tests {
 
     #[test]
     fn io_uring_on_6_1_and_6_12() {
-        let k = FakeKernel(HashMap::from([
-            ("io_sqe_buffer_register", 4),
-            ("io_buffer_unmap", 2),
-            ("unpin_user_page", 1),
-        ]));
+        let k =
+            FakeKernel(HashMap::from([("io_sqe_buffer_register", 4), ("io_buffer_unmap", 2), ("unpin_user_page", 1)]));
         let chosen = select(&IO_URING, &k).unwrap();
         assert_eq!(chosen[1].programs().last(), Some("io_uring_unpin_page_v61"));
         assert_eq!(programs(&k), ["io_uring_register_v61", "io_uring_unmap_v61"]);

@@ -76,6 +76,12 @@ pub struct Counters {
     pub releases: u64,
     /// Deduplication entries that could not be made (pages counted as new).
     pub spans_full: u64,
+    /// Requests of limited cgroups that found the requests map full
+    /// (refused in enforce mode, let through unreserved in monitor mode).
+    pub requests_full: u64,
+    /// Requests of limited cgroups that found the ledger without room for
+    /// their objects (the last eighth of `objects` is for unlimited ones).
+    pub ledger_room: u64,
 }
 
 impl Counters {
@@ -96,14 +102,18 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Open the ledger a running (or previous) agent pinned.
+    /// Open the ledger a running (or previous) agent pinned; a map whose
+    /// layout is not this build's is refused, not misread.
     pub fn open(paths: &PinPaths) -> Result<Ledger, Error> {
         let open = |name: &str| {
             let path = paths.map(name);
             if !path.exists() {
                 return Err(Error::NotRunning { path });
             }
-            MapHandle::from_pinned_path(&path).map_err(|source| Error::Pinned { path, source })
+            let map =
+                MapHandle::from_pinned_path(&path).map_err(|source| Error::Pinned { path: path.clone(), source })?;
+            crate::loader::check_shared(name, &map, &path)?;
+            Ok(map)
         };
         Ok(Ledger {
             objects: open("objects")?,
@@ -169,6 +179,8 @@ impl Ledger {
             charges: slot(types::pincg_counter::PINCG_CNT_CHARGES.0)?,
             releases: slot(types::pincg_counter::PINCG_CNT_RELEASES.0)?,
             spans_full: slot(types::pincg_counter::PINCG_CNT_SPANS_FULL.0)?,
+            requests_full: slot(types::pincg_counter::PINCG_CNT_REQUESTS_FULL.0)?,
+            ledger_room: slot(types::pincg_counter::PINCG_CNT_LEDGER_ROOM.0)?,
         })
     }
 
@@ -214,7 +226,10 @@ impl Ledger {
                 2 => Action::Freeze,
                 _ => Action::Alert,
             };
-            out.insert(decode::<u64>("limits", &key)?, CgroupLimit { max: limit(raw.max), high: limit(raw.high), action });
+            out.insert(
+                decode::<u64>("limits", &key)?,
+                CgroupLimit { max: limit(raw.max), high: limit(raw.high), action },
+            );
         }
         Ok(out)
     }
@@ -244,16 +259,20 @@ impl Ledger {
         Source::ALL
             .iter()
             .map(|s| {
-                let raw: types::source_actions = match self.lookup(&self.actions, "actions", &(*s as u32).to_ne_bytes())? {
-                    Some(v) => decode("actions", &v)?,
-                    None => types::source_actions::default(),
-                };
-                Ok((*s, SourceActions {
-                    refused: raw.refused,
-                    would_refuse: raw.would_refuse,
-                    overruns: raw.overruns,
-                    killed: raw.killed,
-                }))
+                let raw: types::source_actions =
+                    match self.lookup(&self.actions, "actions", &(*s as u32).to_ne_bytes())? {
+                        Some(v) => decode("actions", &v)?,
+                        None => types::source_actions::default(),
+                    };
+                Ok((
+                    *s,
+                    SourceActions {
+                        refused: raw.refused,
+                        would_refuse: raw.would_refuse,
+                        overruns: raw.overruns,
+                        killed: raw.killed,
+                    },
+                ))
             })
             .collect()
     }
@@ -271,8 +290,7 @@ impl Ledger {
     }
 
     fn lookup(&self, map: &MapHandle, name: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        map.lookup(key, MapFlags::ANY)
-            .map_err(|source| Error::Pinned { path: name.into(), source })
+        map.lookup(key, MapFlags::ANY).map_err(|source| Error::Pinned { path: name.into(), source })
     }
 }
 
@@ -285,10 +303,13 @@ fn delete(map: &MapHandle, name: &'static str, cgroup: u64) -> Result<(), Error>
     }
 }
 
+/// A map's entries as raw (key, value) bytes.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every (key, value) of a hash map, read in batches (a few syscalls for
 /// 100,000 entries instead of two per entry). Kernels without batch
 /// operations fall back to walking the keys.
-fn dump(map: &MapHandle, name: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+fn dump(map: &MapHandle, name: &'static str) -> Result<Entries, Error> {
     use std::os::fd::AsRawFd;
     let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
     let mut count: u32 = 4096;
@@ -345,10 +366,12 @@ fn dump(map: &MapHandle, name: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, 
     }
 }
 
-fn dump_by_keys(map: &MapHandle, name: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+fn dump_by_keys(map: &MapHandle, name: &'static str) -> Result<Entries, Error> {
     let mut out = Vec::new();
     for key in map.keys() {
-        if let Some(value) = map.lookup(&key, MapFlags::ANY).map_err(|source| Error::Pinned { path: name.into(), source })? {
+        if let Some(value) =
+            map.lookup(&key, MapFlags::ANY).map_err(|source| Error::Pinned { path: name.into(), source })?
+        {
             out.push((key, value));
         }
     }

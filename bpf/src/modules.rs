@@ -62,17 +62,15 @@ fn normalise(name: &str) -> String {
 mod tests {
     use super::*;
 
-    /// A fresh module tree for test `name`: `modules.dep`, and
-    /// `modules.builtin` if given.
-    fn tree(name: &str, dep: &str, builtin: Option<&str>) -> (PathBuf, ModuleTree) {
-        let dir = std::env::temp_dir().join(format!("pincg-modules-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("modules.dep"), dep).unwrap();
+    /// A fresh module tree: `modules.dep`, and `modules.builtin` if given,
+    /// in a directory removed when the returned guard drops.
+    fn tree(dep: &str, builtin: Option<&str>) -> (tempfile::TempDir, ModuleTree) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("modules.dep"), dep).unwrap();
         if let Some(builtin) = builtin {
-            fs::write(dir.join("modules.builtin"), builtin).unwrap();
+            fs::write(dir.path().join("modules.builtin"), builtin).unwrap();
         }
-        let tree = ModuleTree::at(&dir);
+        let tree = ModuleTree::at(dir.path());
         (dir, tree)
     }
 
@@ -80,7 +78,7 @@ mod tests {
     fn a_module_in_modules_dep_or_builtin_is_built() {
         let dep = "kernel/drivers/vdpa/vdpa_user/vduse.ko.xz: kernel/drivers/vdpa/vdpa.ko.xz\n\
                    kernel/drivers/vfio/vfio_iommu_type1.ko.zst: kernel/drivers/vfio/vfio.ko.zst\n";
-        let (_dir, t) = tree("built", dep, Some("kernel/drivers/infiniband/core/ib_core.ko\n"));
+        let (_dir, t) = tree(dep, Some("kernel/drivers/infiniband/core/ib_core.ko\n"));
         assert_eq!(t.absence("vduse"), None);
         assert_eq!(t.absence("vfio_iommu_type1"), None);
         assert_eq!(t.absence("vfio-iommu-type1"), None, "- and _ are the same");
@@ -89,9 +87,9 @@ mod tests {
 
     #[test]
     fn a_module_listed_nowhere_is_absent_with_where_it_was_looked_for() {
-        let (dir, t) = tree("absent", "kernel/drivers/vfio/vfio.ko.xz:\n", None);
+        let (dir, t) = tree("kernel/drivers/vfio/vfio.ko.xz:\n", None);
         let reason = t.absence("vduse").expect("vduse is absent");
-        let dep = dir.join("modules.dep");
+        let dep = dir.path().join("modules.dep");
         assert_eq!(
             reason,
             format!("module vduse is not built for this kernel (not in {} nor modules.builtin)", dep.display())
@@ -101,7 +99,8 @@ mod tests {
 
     #[test]
     fn an_unreadable_tree_says_nothing() {
-        let missing = std::env::temp_dir().join(format!("pincg-modules-{}-none/6.1.0-99-amd64", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none/6.1.0-99-amd64");
         assert_eq!(ModuleTree::at(&missing).absence("vduse"), None);
     }
 }

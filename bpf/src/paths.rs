@@ -7,10 +7,12 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/pincg";
 
 /// The maps shared by every pincg BPF object: the ledger, the limits and
 /// the enforcement settings.
-pub const SHARED_MAPS: [&str; 7] = ["objects", "usage", "spans", "counters", "limits", "settings", "actions"];
+pub const SHARED_MAPS: [&str; 8] =
+    ["objects", "usage", "spans", "counters", "limits", "settings", "actions", "requests"];
 
-/// Pin locations under one root (`maps/<map>`, `links/<program>`), and the
-/// cgroup v2 root that cgroup programs attach to.
+/// Pin locations under one root (`maps/<map>`, `links/<program>`, and
+/// `builds/<object>@<hash>`: which build of each object the links run), and
+/// the cgroup v2 root that cgroup programs attach to.
 #[derive(Debug, Clone)]
 pub struct PinPaths {
     root: PathBuf,
@@ -45,5 +47,14 @@ impl PinPaths {
     pub fn link(&self, program: &str) -> PathBuf {
         self.links_dir().join(program)
     }
-}
 
+    pub fn builds_dir(&self) -> PathBuf {
+        self.root.join("builds")
+    }
+
+    /// The record that the links of `object` run the build whose object
+    /// hashes to `hash`.
+    pub fn build(&self, object: &str, hash: u64) -> PathBuf {
+        self.builds_dir().join(format!("{object}@{hash:016x}"))
+    }
+}

@@ -51,9 +51,7 @@ pub fn parse_limit(text: &str) -> Result<Limit, LimitError> {
     if t.starts_with('-') {
         return Err(LimitError::Negative(t.to_string()));
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     if number.is_empty() || number.matches('.').count() > 1 {
         return Err(LimitError::Garbage(t.to_string()));
@@ -72,10 +70,7 @@ pub fn parse_limit(text: &str) -> Result<Limit, LimitError> {
 /// The power-of-two shift of a unit suffix; `None` if unknown.
 fn unit_shift(unit: &str) -> Option<u32> {
     let lower = unit.to_ascii_lowercase();
-    let stem = lower
-        .strip_suffix("ib")
-        .or_else(|| lower.strip_suffix('b').filter(|s| !s.is_empty()))
-        .unwrap_or(&lower);
+    let stem = lower.strip_suffix("ib").or_else(|| lower.strip_suffix('b').filter(|s| !s.is_empty())).unwrap_or(&lower);
     match stem {
         "" => Some(0),
         "k" => Some(10),
@@ -156,10 +151,7 @@ mod tests {
         assert_eq!(parse_limit("16Q"), Err(LimitError::UnknownUnit("16Q".into())));
         assert_eq!(parse_limit("16 G x"), Err(LimitError::UnknownUnit("16 G x".into())));
         assert_eq!(parse_limit("16G;rm"), Err(LimitError::Garbage("16G;rm".into())));
-        assert_eq!(
-            parse_limit("18446744073709551616"),
-            Err(LimitError::Overflow("18446744073709551616".into()))
-        );
+        assert_eq!(parse_limit("18446744073709551616"), Err(LimitError::Overflow("18446744073709551616".into())));
         assert_eq!(parse_limit("16E"), Err(LimitError::Overflow("16E".into())));
         assert!(parse_limit("99999999999999999999999999999999999999999").is_err());
     }

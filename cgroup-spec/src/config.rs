@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::{parse_limit, Limit, Mode};
+use crate::{parse_action, parse_limit, Action, Limit, Mode};
 
 /// Where the agent looks for its configuration when not told.
 pub const DEFAULT_PATH: &str = "/etc/pincg/config.toml";
@@ -28,6 +28,69 @@ pub struct Config {
     /// What all pins on the node together may not exceed; `None`: no budget.
     pub node_budget: Option<NodeBudget>,
     pub metrics: Metrics,
+    pub nri: Nri,
+}
+
+/// The NRI socket of containerd and CRI-O when the file does not say.
+pub const DEFAULT_NRI_SOCKET: &str = "/var/run/nri/nri.sock";
+
+/// The `[nri]` table: pincg as an NRI plugin of the container runtime, and
+/// the node policy for the budgets of pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nri {
+    pub enable: bool,
+    pub socket: PathBuf,
+    /// Where pincg runs among the runtime's plugins (00 to 99, ascending).
+    pub plugin_index: u8,
+    /// The pins.max of a pod without an annotation.
+    pub pod_default: PodDefault,
+    /// Added to a budget taken from a memory limit (pod_default
+    /// "memory-limit", KubeVirt's VM memory).
+    pub overhead: u64,
+    /// The pins.max.action of a pod given a budget by the plugin.
+    pub action: Action,
+    /// Namespaces whose pods' annotations may raise the budget above
+    /// pod_default (and choose another action); elsewhere they may only
+    /// lower it.
+    pub raise_namespaces: Vec<String>,
+}
+
+/// `nri.pod_default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodDefault {
+    /// No budget unless an annotation (or KubeVirt's VM memory) gives one.
+    None,
+    Bytes(u64),
+    /// The pod's memory limit plus `overhead` (none if it has none).
+    MemoryLimit,
+}
+
+impl PodDefault {
+    pub fn parse(text: &str) -> Result<PodDefault, String> {
+        match text.trim() {
+            "none" => Ok(PodDefault::None),
+            "memory-limit" => Ok(PodDefault::MemoryLimit),
+            t => match parse_limit(t) {
+                Ok(Limit::Bytes(b)) => Ok(PodDefault::Bytes(b)),
+                Ok(Limit::Max) => Ok(PodDefault::None),
+                Err(e) => Err(format!("{e}; or \"none\" or \"memory-limit\"")),
+            },
+        }
+    }
+}
+
+impl Default for Nri {
+    fn default() -> Nri {
+        Nri {
+            enable: false,
+            socket: PathBuf::from(DEFAULT_NRI_SOCKET),
+            plugin_index: 10,
+            pod_default: PodDefault::None,
+            overhead: 0,
+            action: Action::Alert,
+            raise_namespaces: Vec::new(),
+        }
+    }
 }
 
 /// The `[metrics]` table.
@@ -50,6 +113,7 @@ impl Default for Config {
                 all_cgroups: false,
                 cgroup_prefixes: Vec::new(),
             },
+            nri: Nri::default(),
         }
     }
 }
@@ -129,7 +193,8 @@ impl Config {
                 "mode" => config.mode = at.string("mode", value)?.parse().map_err(|r| at.bad("mode", value, r))?,
                 "node_budget" => config.node_budget = at.node_budget(value)?,
                 "metrics" => at.metrics(value, &mut config.metrics)?,
-                other => return Err(at.unknown(other, key, "mode, node_budget, metrics")),
+                "nri" => at.nri(value, &mut config.nri)?,
+                other => return Err(at.unknown(other, key, "mode, node_budget, metrics, nri")),
             }
         }
         Ok(config)
@@ -169,6 +234,67 @@ impl Walk<'_> {
         Ok(())
     }
 
+    fn nri(&self, value: &Value, nri: &mut Nri) -> Result<(), ConfigError> {
+        let DeValue::Table(table) = value.get_ref() else {
+            return Err(self.wrong_type("nri", value, "a table"));
+        };
+        for (key, value) in table.iter() {
+            let name = format!("nri.{}", key.get_ref());
+            match key.get_ref().as_ref() {
+                "enable" => match value.get_ref() {
+                    DeValue::Boolean(b) => nri.enable = *b,
+                    _ => return Err(self.wrong_type(&name, value, "true or false")),
+                },
+                "socket" => {
+                    let path = self.string(&name, value)?;
+                    if !path.starts_with('/') {
+                        return Err(self.bad(&name, value, format!("{path:?} is not an absolute path")));
+                    }
+                    nri.socket = PathBuf::from(path);
+                }
+                "plugin_index" => match value.get_ref() {
+                    DeValue::Integer(i) => match u8::from_str_radix(i.as_str(), i.radix()) {
+                        Ok(n @ 0..=99) => nri.plugin_index = n,
+                        _ => return Err(self.bad(&name, value, format!("{i} is not an index from 0 to 99"))),
+                    },
+                    _ => return Err(self.wrong_type(&name, value, "an integer from 0 to 99")),
+                },
+                "pod_default" => {
+                    nri.pod_default =
+                        PodDefault::parse(self.string(&name, value)?).map_err(|r| self.bad(&name, value, r))?
+                }
+                "overhead" => {
+                    nri.overhead = match parse_limit(self.string(&name, value)?) {
+                        Ok(Limit::Bytes(b)) => b,
+                        Ok(Limit::Max) => return Err(self.bad(&name, value, "an overhead cannot be \"max\"".into())),
+                        Err(e) => return Err(self.bad(&name, value, e.to_string())),
+                    }
+                }
+                "action" => {
+                    nri.action =
+                        parse_action(self.string(&name, value)?).map_err(|e| self.bad(&name, value, e.to_string()))?
+                }
+                "raise_namespaces" => {
+                    let DeValue::Array(items) = value.get_ref() else {
+                        return Err(self.wrong_type(&name, value, "an array of namespace names"));
+                    };
+                    nri.raise_namespaces = items
+                        .iter()
+                        .map(|item| self.string(&name, item).map(str::to_string))
+                        .collect::<Result<_, _>>()?;
+                }
+                _ => {
+                    return Err(self.unknown(
+                        &name,
+                        key,
+                        "enable, socket, plugin_index, pod_default, overhead, action, raise_namespaces",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn prefixes(&self, value: &Value) -> Result<Vec<String>, ConfigError> {
         const KEY: &str = "metrics.cgroup_prefixes";
         let DeValue::Array(items) = value.get_ref() else {
@@ -179,7 +305,11 @@ impl Walk<'_> {
             .map(|item| {
                 let path = self.string(KEY, item)?;
                 if !path.starts_with('/') {
-                    return Err(self.bad(KEY, item, format!("{path:?} is not a cgroup path such as \"/machine.slice\"")));
+                    return Err(self.bad(
+                        KEY,
+                        item,
+                        format!("{path:?} is not a cgroup path such as \"/machine.slice\""),
+                    ));
                 }
                 Ok(path.to_string())
             })
@@ -217,7 +347,12 @@ impl Walk<'_> {
     }
 
     fn error(&self, key: &str, offset: usize, reason: String) -> ConfigError {
-        ConfigError::Key { path: self.path.to_path_buf(), line: line_of(self.text, offset), key: key.to_string(), reason }
+        ConfigError::Key {
+            path: self.path.to_path_buf(),
+            line: line_of(self.text, offset),
+            key: key.to_string(),
+            reason,
+        }
     }
 }
 
@@ -286,11 +421,14 @@ mod tests {
         );
         let (line, key, reason) = key_error("# comment\nmod = \"enforce\"\n");
         assert_eq!((line, key.as_str()), (2, "mod"));
-        assert_eq!(reason, "unknown key (known here: mode, node_budget, metrics)");
+        assert_eq!(reason, "unknown key (known here: mode, node_budget, metrics, nri)");
         let (line, key, _) = key_error("[metrics]\nall_cgroups = true\nprefixes = []\n");
         assert_eq!((line, key.as_str()), (3, "metrics.prefixes"));
         let (line, key, reason) = key_error("mode = \"enforcing\"");
-        assert_eq!((line, key.as_str(), reason.as_str()), (1, "mode", "\"enforcing\" is not a mode (monitor or enforce)"));
+        assert_eq!(
+            (line, key.as_str(), reason.as_str()),
+            (1, "mode", "\"enforcing\" is not a mode (monitor or enforce)")
+        );
         let (_, key, reason) = key_error("mode = 1");
         assert_eq!((key.as_str(), reason.as_str()), ("mode", "expected a string, found integer"));
         let (_, _, reason) = key_error("node_budget = -1");
@@ -303,6 +441,36 @@ mod tests {
         assert_eq!(key, "metrics.cgroup_prefixes");
         let (_, key, reason) = key_error("metrics = 3");
         assert_eq!((key.as_str(), reason.as_str()), ("metrics", "expected a table, found integer"));
+    }
+
+    #[test]
+    fn nri_keys() {
+        let text = "[nri]\nenable = true\nsocket = \"/run/nri/nri.sock\"\nplugin_index = 5\n\
+                    pod_default = \"memory-limit\"\noverhead = \"256M\"\naction = \"kill\"\n\
+                    raise_namespaces = [\"kubevirt\"]\n";
+        let nri = parse(text).unwrap().nri;
+        assert_eq!(
+            nri,
+            Nri {
+                enable: true,
+                socket: PathBuf::from("/run/nri/nri.sock"),
+                plugin_index: 5,
+                pod_default: PodDefault::MemoryLimit,
+                overhead: 256 << 20,
+                action: Action::Kill,
+                raise_namespaces: vec!["kubevirt".into()],
+            }
+        );
+        assert_eq!(parse("nri.pod_default = \"8G\"").unwrap().nri.pod_default, PodDefault::Bytes(8 << 30));
+        assert_eq!(parse("nri.pod_default = \"none\"").unwrap().nri.pod_default, PodDefault::None);
+        let (_, key, reason) = key_error("[nri]\nplugin_index = 100");
+        assert_eq!((key.as_str(), reason.as_str()), ("nri.plugin_index", "100 is not an index from 0 to 99"));
+        let (_, key, _) = key_error("[nri]\nsocket = \"nri.sock\"");
+        assert_eq!(key, "nri.socket");
+        let (_, key, reason) = key_error("[nri]\noverhead = \"max\"");
+        assert_eq!((key.as_str(), reason.as_str()), ("nri.overhead", "an overhead cannot be \"max\""));
+        let (line, key, _) = key_error("[nri]\nenable = true\npolicy = 1");
+        assert_eq!((line, key.as_str()), (3, "nri.policy"));
     }
 
     #[test]

@@ -29,11 +29,8 @@ impl InterfaceFile {
     ];
 
     /// Files orchestrators write, with the content they start with.
-    pub const WRITABLE: [(InterfaceFile, &'static str); 3] = [
-        (InterfaceFile::Max, "max\n"),
-        (InterfaceFile::High, "max\n"),
-        (InterfaceFile::MaxAction, "alert\n"),
-    ];
+    pub const WRITABLE: [(InterfaceFile, &'static str); 3] =
+        [(InterfaceFile::Max, "max\n"), (InterfaceFile::High, "max\n"), (InterfaceFile::MaxAction, "alert\n")];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -2,54 +2,61 @@
 
 use serde::Serialize;
 
-/// A subsystem that makes long-term (FOLL_LONGTERM) page pins.
-///
-/// The discriminants are the `enum pincg_source` values of
-/// `bpf/include/pincg.h`; a test in the bpf crate keeps them in sync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[repr(u32)]
-pub enum Source {
-    Vfio = 0,
-    Iommufd = 1,
-    Rdma = 2,
-    IoUring = 3,
-    Xdp = 4,
-    Other = 5,
+/// Declares [`Source`] once: its variants, their `pins.stat` keys (also
+/// the `source` metric label) and, in that order, their numeric ids, which
+/// are the BPF side's `enum pincg_source` (bpf/build.rs generates that
+/// enum from [`Source::ALL`] and [`Source::c_name`]).
+macro_rules! sources {
+    ($($variant:ident => $key:literal,)+) => {
+        /// A subsystem that makes long-term (FOLL_LONGTERM) page pins.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        #[repr(u32)]
+        pub enum Source {
+            $($variant,)+
+        }
+
+        impl Source {
+            /// How many sources there are (`PINCG_NR_SOURCES`).
+            pub const COUNT: usize = [$($key),+].len();
+
+            /// Every source, in the order `pins.stat` lists them (their ids).
+            pub const ALL: [Source; Source::COUNT] = [$(Source::$variant,)+];
+
+            /// The key used in `pins.stat` and in the `source` metric label.
+            pub fn key(self) -> &'static str {
+                match self {
+                    $(Source::$variant => $key,)+
+                }
+            }
+        }
+    };
+}
+
+sources! {
+    Vfio => "vfio",
+    Iommufd => "iommufd",
+    Rdma => "rdma",
+    IoUring => "io_uring",
+    Xdp => "xdp",
+    Other => "other",
 }
 
 impl Source {
-    /// Every source, in the order `pins.stat` lists them.
-    pub const ALL: [Source; 6] = [
-        Source::Vfio,
-        Source::Iommufd,
-        Source::Rdma,
-        Source::IoUring,
-        Source::Xdp,
-        Source::Other,
-    ];
-
-    /// The key used in `pins.stat` and in the `source` metric label.
-    pub fn key(self) -> &'static str {
-        match self {
-            Source::Vfio => "vfio",
-            Source::Iommufd => "iommufd",
-            Source::Rdma => "rdma",
-            Source::IoUring => "io_uring",
-            Source::Xdp => "xdp",
-            Source::Other => "other",
-        }
-    }
-
     /// The source with the given numeric id, as stored in BPF maps.
     pub fn from_id(id: u32) -> Option<Source> {
         Source::ALL.get(id as usize).copied()
+    }
+
+    /// The name of its `enum pincg_source` constant: `PINCG_SRC_IO_URING`.
+    pub fn c_name(self) -> String {
+        format!("PINCG_SRC_{}", self.key().to_uppercase())
     }
 }
 
 /// Bytes per source, indexed by [`Source`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct PerSource(pub [u64; 6]);
+pub struct PerSource(pub [u64; Source::COUNT]);
 
 impl PerSource {
     pub fn get(&self, source: Source) -> u64 {

@@ -30,6 +30,10 @@ PKGS=(
   liburing-dev rdma-core ibverbs-providers libibverbs-dev iproute2
   # metrics scraping in integration tests
   prometheus
+  # protoc: the k8s-cri crate (the NRI scenario's CRI client) generates at build time
+  protobuf-compiler
+  # tests/src/shipped.rs reads the DaemonSet's YAML with /usr/bin/python3
+  python3-yaml
 )
 # Only for build-kernel.sh (tests/guest/build-kernel.sh): building a kernel
 # with BTF (dwarves = pahole) from the linux-source-* package (a .tar.xz).

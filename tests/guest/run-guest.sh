@@ -74,6 +74,11 @@ done
 [[ "$TIMEOUT" =~ ^[0-9]+$ && "$TIMEOUT" -gt 0 ]] || usage "--timeout must be a positive integer (seconds)"
 [[ "$SMP" =~ ^[0-9]+$ && "$SMP" -gt 0 ]] || usage "--smp must be a positive integer"
 
+# One guest at a time on this machine, across processes and work trees: two
+# TCG guests on 2 cores only slow each other down and blur timings.
+exec 9> "${PINCG_GUEST_LOCK:-/tmp/pincg-guest.lock}"
+flock 9
+
 QEMU=${PINCG_QEMU:-qemu-system-x86_64}
 command -v "$QEMU" >/dev/null || die "$QEMU not found (run tests/guest/install-deps.sh)"
 command -v timeout >/dev/null || die "timeout (coreutils) not found"

@@ -27,6 +27,11 @@ pub struct Guest {
     pub rdma_net: bool,
     /// Extra kernel command line arguments.
     pub append: String,
+    /// Guest CPUs (`None`: run-guest.sh's 2). One where programs are
+    /// attached to functions another task runs hot: multi-threaded TCG can
+    /// execute the int3 of a finished live patch (a kernel Oops in
+    /// `text_poke` territory that hardware does not show).
+    pub cpus: Option<u32>,
 }
 
 impl Default for Guest {
@@ -37,6 +42,7 @@ impl Default for Guest {
             vfio: false,
             rdma_net: false,
             append: String::new(),
+            cpus: None,
         }
     }
 }
@@ -52,6 +58,8 @@ pub struct GuestRun {
     /// Harness messages (and the console tail when the guest died).
     pub harness: String,
     pub elapsed: Duration,
+    /// The run's `--out` directory (the guest's `/mnt/out`).
+    pub out_dir: PathBuf,
 }
 
 impl GuestRun {
@@ -87,6 +95,9 @@ impl Guest {
         if !self.append.is_empty() {
             cmd.arg("--append").arg(&self.append);
         }
+        if let Some(cpus) = self.cpus {
+            cmd.arg("--smp").arg(cpus.to_string());
+        }
         cmd.arg("--").args(command);
         let started = Instant::now();
         let result = cmd.output().unwrap_or_else(|e| panic!("cannot run tests/guest/run-guest.sh: {e}"));
@@ -95,13 +106,30 @@ impl Guest {
             output: String::from_utf8_lossy(&result.stdout).into_owned(),
             harness: String::from_utf8_lossy(&result.stderr).into_owned(),
             elapsed: started.elapsed(),
+            out_dir,
         };
         let verdict = match run.status {
             0 => "passed".to_string(),
             124 => "failed (timeout)".to_string(),
             s => format!("failed (status {s})"),
         };
-        record(&format!("{name} on {}: {verdict} in {:.1}s", self.series, run.elapsed.as_secs_f64()));
+        // run-guest.sh writes cmd.sh once it holds the machine-wide guest
+        // lock: the time before that was spent waiting for other guests.
+        let in_guest = std::fs::metadata(run.out_dir.join("cmd.sh"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(run.elapsed, |d| d.min(run.elapsed));
+        let waited = run.elapsed - in_guest;
+        record(&format!(
+            "{name} on {}: {verdict} (after {:.1}s waiting for the guest lock) in {:.1}s",
+            self.series,
+            waited.as_secs_f64(),
+            in_guest.as_secs_f64()
+        ));
+        for (what, why) in skipped_steps(&run.output) {
+            record_skip(&format!("{name} on {}", self.series), what, why);
+        }
         run
     }
 
@@ -118,6 +146,9 @@ impl Guest {
         // Recorded once per matrix, in its first pass.
         if kernels.split_whitespace().next() == Some(current.as_str()) {
             record(&format!("{name} on {}: skipped ({why})", self.series));
+            record_skip(&format!("{name} on {}", self.series), "the whole scenario", &why);
+        } else {
+            println!("SKIPPED {name} on {}: {why}", self.series);
         }
         Some(why)
     }
@@ -162,21 +193,56 @@ pub fn workspace_binary(name: &str, sibling: &str) -> PathBuf {
     path
 }
 
-/// Append one line per guest scenario (`<name> on <series>: <verdict>`) to
+/// Append one line per guest scenario (`<name> on <series>: <verdict>
+/// (after <s> waiting for the guest lock) in <s>`, the last the time its
+/// guest took) to
 /// `target/guest-results.txt`, which `tests/run-tests.sh` summarises per
 /// series after the suite.
 fn record(line: &str) {
+    append_line("guest-results.txt", line);
+}
+
+/// Record a skip (`<test>: <what>: <why>`) in `target/skips.txt`, which
+/// `tests/run-tests.sh` prints in full after the suite: a guest scenario's
+/// skipped step, a scenario not run in this pass, a host test that does not
+/// apply here. Also printed, for the test's own output.
+pub fn record_skip(test: &str, what: &str, why: &str) {
+    println!("SKIPPED {test}: {what}: {why}");
+    append_line("skips.txt", &format!("{test}: {what}: {why}"));
+}
+
+fn append_line(file: &str, line: &str) {
     use std::io::Write;
-    let path = workspace_root().join("target").join("guest-results.txt");
+    let path = workspace_root().join("target").join(file);
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = writeln!(f, "{line}");
     }
 }
 
+/// The steps a scenario skipped, from its output: `SKIPPED <what>: <why>`
+/// lines (`scenario::skip`), as (what, why).
+fn skipped_steps(output: &str) -> Vec<(&str, &str)> {
+    output
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("SKIPPED "))
+        .map(|rest| rest.split_once(": ").unwrap_or((rest, "no reason given")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::own_series_skip;
     use super::Pinned::{Extra, Only};
+    use super::{own_series_skip, skipped_steps};
+
+    #[test]
+    fn skipped_steps_come_from_the_scenario_output() {
+        let output = "== step\n   SKIPPED CLONE_BUFFERS: the opcode arrived in 6.12\n   ok x\n   SKIPPED odd\nscenario io-uring: PASSED\n";
+        assert_eq!(
+            skipped_steps(output),
+            vec![("CLONE_BUFFERS", "the opcode arrived in 6.12"), ("odd", "no reason given")]
+        );
+        assert!(skipped_steps("   ok SKIPPED is not at the start\n").is_empty());
+    }
 
     #[test]
     fn a_scenario_on_its_own_series_runs_once_per_matrix() {

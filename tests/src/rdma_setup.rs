@@ -88,4 +88,3 @@ fn uverbs_of(ibdev: &str) -> Option<String> {
         (owner.trim() == ibdev).then(|| format!("/dev/infiniband/{}", entry.file_name().to_string_lossy()))
     })
 }
-

@@ -180,15 +180,31 @@ impl Agent {
 
     /// The same, with extra `pincg agent` flags.
     pub fn start_with(flags: &[&str]) -> Result<Agent> {
+        Agent::start_as(&crate::shipped::View::Root, flags)
+    }
+
+    /// The agent of another build of pincg, the binary `binary` next to the
+    /// scenario's (the upgrade scenario's), as root.
+    pub fn start_build(binary: &str, flags: &[&str]) -> Result<Agent> {
+        Agent::start_view(&crate::shipped::View::Root, binary, flags)
+    }
+
+    /// Start the agent as `view` ships it (full root, the systemd unit, the
+    /// DaemonSet's pod), with extra flags.
+    pub fn start_as(view: &crate::shipped::View, flags: &[&str]) -> Result<Agent> {
+        Agent::start_view(view, "pincg", flags)
+    }
+
+    fn start_view(view: &crate::shipped::View, binary: &str, flags: &[&str]) -> Result<Agent> {
         let log = PathBuf::from("/tmp/pincg-agent.log");
         let file = fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = Command::new(sibling_binary("pincg")?)
-            .args(["agent", "--listen", METRICS_ADDR, "--mirror-root", MIRROR_ROOT])
-            .args(flags)
+        let defaults = ["--listen", METRICS_ADDR, "--mirror-root", MIRROR_ROOT];
+        let child = view
+            .command(&sibling_binary(binary)?, &defaults, flags)?
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
-            .context("starting pincg agent")?;
+            .with_context(|| format!("starting pincg agent as {}", view.name()))?;
         let mut agent = Agent { child, log };
         let start = Instant::now();
         while http_get("/healthz").is_err() {
@@ -196,7 +212,8 @@ impl Agent {
                 bail!("pincg agent exited with {status}:\n{}", agent.log_text());
             }
             // Loading every program takes seconds under emulation on a busy host.
-            ensure!(start.elapsed() < 3 * SETTLE, "pincg agent not ready after {:?}:\n{}", 3 * SETTLE, agent.log_text());
+            let budget = view.startup_budget().unwrap_or(3 * SETTLE);
+            ensure!(start.elapsed() < budget, "pincg agent not ready after {budget:?}:\n{}", agent.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
         println!("   agent ready in {} ms", start.elapsed().as_millis());
@@ -242,8 +259,30 @@ pub struct Workload {
 
 impl Workload {
     pub fn spawn(name: &str, cgroup: &Cgroup, args: &[&str]) -> Result<Workload> {
-        let mut child = Command::new(sibling_binary("pincg-workload")?)
-            .args(args)
+        let mut cmd = Command::new(sibling_binary("pincg-workload")?);
+        cmd.args(args);
+        Workload::spawn_command(name, cgroup, cmd)
+    }
+
+    /// A workload run as `uid` the way libvirt starts QEMU: RLIMIT_MEMLOCK
+    /// raised (prlimit), then uid, gid and groups dropped (setpriv), no
+    /// capabilities left.
+    pub fn spawn_as(name: &str, cgroup: &Cgroup, uid: u32, args: &[&str]) -> Result<Workload> {
+        Workload::spawn_program_as(name, cgroup, uid, &sibling_binary("pincg-workload")?, args)
+    }
+
+    /// The same with `program` (pincg-workload under another name, such as
+    /// a `qemu-kvm` link).
+    pub fn spawn_program_as(name: &str, cgroup: &Cgroup, uid: u32, program: &Path, args: &[&str]) -> Result<Workload> {
+        let mut cmd = Command::new("prlimit");
+        let id = uid.to_string();
+        cmd.args(["--memlock=unlimited:unlimited", "--", "setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"]);
+        cmd.args(["--inh-caps=-all", "--"]).arg(program).args(args);
+        Workload::spawn_command(name, cgroup, cmd)
+    }
+
+    fn spawn_command(name: &str, cgroup: &Cgroup, mut cmd: Command) -> Result<Workload> {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -260,8 +299,20 @@ impl Workload {
 
     /// Send one command; `Ok(Err(reply))` if the workload answered `err`.
     pub fn try_run(&mut self, command: &str) -> Result<std::result::Result<(), String>> {
+        self.send(command)?;
+        self.reply(command)
+    }
+
+    /// Send one command without waiting for its answer (`reply`), so
+    /// several workloads can run theirs at once.
+    pub fn send(&mut self, command: &str) -> Result<()> {
         writeln!(self.stdin, "{command}")?;
         self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// The answer to the command `send` sent; `Ok(Err(reply))` for `err`.
+    pub fn reply(&mut self, command: &str) -> Result<std::result::Result<(), String>> {
         let mut reply = String::new();
         self.stdout.read_line(&mut reply)?;
         let reply = reply.trim();
@@ -288,7 +339,11 @@ impl Workload {
     /// The workload must die of SIGKILL (the kill action) without having
     /// answered `command`.
     pub fn expect_killed(mut self, command: &str) -> Result<()> {
-        ensure!(self.run_unless_killed(command)?, "workload {}: `{command}` should get it killed, but it answered ok", self.name);
+        ensure!(
+            self.run_unless_killed(command)?,
+            "workload {}: `{command}` should get it killed, but it answered ok",
+            self.name
+        );
         Ok(())
     }
 
@@ -357,11 +412,23 @@ pub fn map_entries() -> Result<std::collections::BTreeMap<String, usize>> {
 
 /// Resident memory of process `pid`, in bytes.
 pub fn resident_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// Anonymous resident memory of process `pid` (`RssAnon`): what it
+/// allocated, without the pages of its binary, which the page cache keeps
+/// or drops as it likes (a debug build's RSS moved by 9 MiB either way
+/// between two identical runs).
+pub fn anonymous_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "RssAnon")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.trim().parse().ok())
-        .with_context(|| format!("/proc/{pid}/status has no VmRSS"))?;
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.trim().parse().ok())
+        .with_context(|| format!("/proc/{pid}/status has no {field}"))?;
     Ok(kib * 1024)
 }
 
@@ -379,8 +446,16 @@ pub fn http_get(path: &str) -> Result<String> {
 
 /// Wait until the metrics say hook `hook` is attached (1) or not (0).
 pub fn expect_hook(hook: &str, attached: u8) -> Result<()> {
+    // A module's programs load when the module appears, which takes as
+    // long as loading at start (seen: over 10 s on 6.1 on a loaded host).
+    expect_hook_within(hook, attached, 3 * SETTLE)
+}
+
+/// The same, waiting up to `limit` (an agent throttled as its pod ships
+/// takes longer to load a module's programs).
+pub fn expect_hook_within(hook: &str, attached: u8, limit: Duration) -> Result<()> {
     let line_start = format!("pincg_hook_attached{{hook=\"{hook}\",");
-    wait_for(&format!("hook {hook} attached = {attached}"), || {
+    wait_for_within(&format!("hook {hook} attached = {attached}"), limit, || {
         let metrics = http_get("/metrics").unwrap_or_default();
         let line = metrics.lines().find(|l| l.starts_with(&line_start)).unwrap_or("<no such hook>");
         (line.ends_with(&format!(" {attached}")), line.to_string())
@@ -391,9 +466,11 @@ pub fn expect_hook(hook: &str, attached: u8) -> Result<()> {
 /// and libvirt (empty identity labels), with one more label, as the agent
 /// writes it (labels sorted by name).
 pub fn cgroup_series(name: &str, cgroup: &str, extra: (&str, &str)) -> String {
-    let mut labels = vec![
+    let mut labels = [
         ("cgroup", cgroup),
         ("container_id", ""),
+        ("namespace", ""),
+        ("pod", ""),
         ("pod_uid", ""),
         ("qos", ""),
         ("vm", ""),
@@ -402,6 +479,14 @@ pub fn cgroup_series(name: &str, cgroup: &str, extra: (&str, &str)) -> String {
     labels.sort();
     let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{name}{{{}}}", text.join(","))
+}
+
+/// The count of `pincg_ledger_events_total{event="<event>"}` now.
+pub fn ledger_event_count(event: &str) -> Result<u64> {
+    let line = format!("pincg_ledger_events_total{{event=\"{event}\"}} ");
+    let metrics = http_get("/metrics")?;
+    let value = metrics.lines().find_map(|l| l.strip_prefix(&line)).with_context(|| format!("no metric {line}"))?;
+    Ok(value.trim().parse()?)
 }
 
 /// Wait until the metrics have exactly the line `line`.
@@ -417,12 +502,7 @@ pub fn expect_metric(line: &str) -> Result<()> {
 /// Run `pincg <args>` and return its stdout; it must succeed.
 pub fn pincg(args: &[&str]) -> Result<String> {
     let out = Command::new(sibling_binary("pincg")?).args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "pincg {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure!(out.status.success(), "pincg {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -11,6 +11,9 @@
  *                      already pinned and is not checked.
  *   cgroup/setsockopt  AF_XDP XDP_UMEM_REG
  *
+ * An admitted request reserves its bytes until its system call ends (see
+ * "Admission" in ledger.bpf.h).
+ *
  * Every check reads the request from user memory, which the caller can
  * change before the kernel reads it again (a double fetch): the ledger,
  * charged from the pin itself, stays the source of truth and an overrun
@@ -155,6 +158,26 @@ int BPF_PROG(enforce_file_ioctl, struct file *file, unsigned int cmd, unsigned l
 		return vduse_reg_umem(arg);
 	if (cmd == RDMA_VERBS_IOCTL)
 		return rdma_reg_mr(arg);
+	return 0;
+}
+
+/*
+ * The end of the system calls whose requests the programs above admit:
+ * what an admitted request reserved and did not pin (the kernel failed it,
+ * or it pinned fewer new pages) is returned. Every ioctl on the node comes
+ * through here; with no request in flight it is one load.
+ */
+SEC("fexit/__x64_sys_ioctl")
+int BPF_PROG(enforce_ioctl_end, const struct pt_regs *regs, long ret)
+{
+	request_end();
+	return 0;
+}
+
+SEC("fexit/__x64_sys_setsockopt")
+int BPF_PROG(enforce_setsockopt_end, const struct pt_regs *regs, long ret)
+{
+	request_end();
 	return 0;
 }
 

@@ -50,53 +50,74 @@ struct rsrc_update2_req {
 
 struct iovec_walk {
 	__u64 iovecs;	/* user address of the iovec array */
-	__u64 bytes;	/* new bytes so far */
+	__u64 bytes;	/* claimed (first pass) or new (second pass) bytes so far */
+	__u64 stop;	/* first pass: a sum beyond this decides the request */
+	bool count_new;	/* second pass: new bytes, not claims */
 };
 
-/* bpf_loop callback: add iovec `i`'s new bytes; stop at an unreadable one. */
+/* bpf_loop callback: add iovec `i`; stop at an unreadable one. */
 static long iovec_step(__u64 i, struct iovec_walk *w)
 {
 	struct iovec_req iov;
 
 	if (bpf_copy_from_user(&iov, sizeof(iov), (void *)(w->iovecs + i * sizeof(iov))))
 		return 1;	/* the kernel's own copy fails the same way */
-	w->bytes += new_bytes(iov.base, iov.len);
-	return 0;
+	if (w->count_new) {
+		w->bytes += new_bytes(iov.base, iov.len);
+		return 0;
+	}
+	/* The kernel refuses an iovec over 1 GiB itself: no sum can wrap. */
+	w->bytes += page_span(iov.base, iov.len < (1ULL << 40) ? iov.len : (1ULL << 40));
+	return w->bytes > w->stop;
 }
 
 /*
- * New bytes of `nr` iovecs at `iovecs`. A page named by two iovecs of one
- * request counts twice: the check errs towards refusing.
+ * The bytes `nr` iovecs at `iovecs` are checked with (claim_decided): their
+ * claims summed first (what the kernel reads anyway), and their new pages
+ * walked only when the sum alone does not decide. A page named by two
+ * iovecs of one request counts twice: the check errs towards refusing.
  */
-static __always_inline __u64 iovecs_bytes(__u64 iovecs, __u32 nr)
+static __always_inline __u64 iovecs_bytes(const struct level_walk *b, __u64 iovecs, __u32 nr)
 {
 	struct iovec_walk w = { .iovecs = iovecs };
+	__u64 bytes, shared = current_pinned();
 
 	if (!iovecs || nr > MAX_REG_BUFFERS)
 		return 0;
+	w.stop = b->headroom + shared < b->headroom ? ~0ULL : b->headroom + shared;
+	bpf_loop(nr, iovec_step, &w, 0);
+	if (claim_decided(b, w.bytes, &bytes))
+		return bytes;
+	w.bytes = 0;
+	w.count_new = true;
 	bpf_loop(nr, iovec_step, &w, 0);
 	return w.bytes;
 }
 
-/* The new bytes a buffer registration request would pin; 0 for others. */
-static __always_inline __u64 request_bytes(__u32 opcode, __u64 arg, __u32 nr_args)
+/* The bytes a buffer registration request is checked with, and in `*nr`
+ * the buffers (pin objects) it names; 0 for others. */
+static __always_inline __u64 request_bytes(const struct level_walk *b, __u32 opcode, __u64 arg, __u32 nr_args,
+					   __u32 *nr)
 {
 	struct rsrc_register_req reg = {};
 	struct rsrc_update2_req upd = {};
 
 	switch (opcode) {
 	case IORING_REGISTER_BUFFERS:
-		return iovecs_bytes(arg, nr_args);
+		*nr = nr_args;
+		return iovecs_bytes(b, arg, nr_args);
 	case IORING_REGISTER_BUFFERS2:
 		if (nr_args != sizeof(reg) || bpf_copy_from_user(&reg, sizeof(reg), (void *)arg))
 			return 0;
 		if (reg.flags & IORING_RSRC_REGISTER_SPARSE)
 			return 0;
-		return iovecs_bytes(reg.data, reg.nr);
+		*nr = reg.nr;
+		return iovecs_bytes(b, reg.data, reg.nr);
 	case IORING_REGISTER_BUFFERS_UPDATE:
 		if (nr_args != sizeof(upd) || bpf_copy_from_user(&upd, sizeof(upd), (void *)arg))
 			return 0;
-		return iovecs_bytes(upd.data, upd.nr);
+		*nr = upd.nr;
+		return iovecs_bytes(b, upd.data, upd.nr);
 	}
 	return 0;
 }
@@ -111,13 +132,28 @@ long enforce_io_uring_register(unsigned long long *ctx)
 {
 	const struct pt_regs *regs = (const struct pt_regs *)ctx[0];
 	long ret = (long)ctx[1];
-	__u32 opcode;
+	struct level_walk b;
+	__u32 opcode, nr = 0;
 	__u64 bytes;
 
 	if (ret)
 		return ret;
 	/* io_uring_register(fd = di, opcode = si, arg = dx, nr_args = r10) */
 	opcode = BPF_CORE_READ(regs, si) & ~IORING_REGISTER_USE_REGISTERED_RING;
-	bytes = request_bytes(opcode, BPF_CORE_READ(regs, dx), BPF_CORE_READ(regs, r10));
-	return bytes ? (long)admit_bytes(bytes, PINCG_SRC_IO_URING) : 0;
+	if (opcode != IORING_REGISTER_BUFFERS && opcode != IORING_REGISTER_BUFFERS2 &&
+	    opcode != IORING_REGISTER_BUFFERS_UPDATE)
+		return 0;
+	budget_of_current(&b);
+	if (!b.limited)
+		return 0;
+	bytes = request_bytes(&b, opcode, BPF_CORE_READ(regs, dx), BPF_CORE_READ(regs, r10), &nr);
+	return bytes ? (long)admit_bytes(&b, bytes, nr, PINCG_SRC_IO_URING) : 0;
+}
+
+/* The end of io_uring_register(2): see enforce_ioctl_end. */
+SEC("fexit/__x64_sys_io_uring_register")
+int BPF_PROG(enforce_io_uring_register_end, const struct pt_regs *regs, long ret)
+{
+	request_end();
+	return 0;
 }

@@ -18,6 +18,14 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* The upgrade test's second build (-DPINCG_TEST_PROGRAM_CHANGE): one more
+ * instruction in the programs that count or enforce, the same effect. */
+#ifdef PINCG_TEST_PROGRAM_CHANGE
+#define PINCG_TEST_MARK() asm volatile("r0 = 0" ::: "r0")
+#else
+#define PINCG_TEST_MARK() do { } while (0)
+#endif
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PINCG_MAX_OBJECTS);
@@ -74,6 +82,14 @@ struct {
 	__type(value, struct source_actions);
 } actions SEC(".maps");
 
+/* Admitted requests in flight, by pid_tgid (see struct pin_request). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PINCG_MAX_REQUESTS);
+	__type(key, __u64);
+	__type(value, struct pin_request);
+} requests SEC(".maps");
+
 /* Scratch space for building a pin_object (too big for the BPF stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -89,6 +105,7 @@ static __always_inline void count(enum pincg_counter which)
 
 	if (slot)
 		__sync_fetch_and_add(slot, 1);
+	PINCG_TEST_MARK();
 }
 
 /* x86_64 pages: what the pages counted by subsystems (npgs, locked_vm) are. */
@@ -228,6 +245,7 @@ static __always_inline bool enforcing(void)
 	__u32 zero = 0;
 	struct pincg_config *cfg = bpf_map_lookup_elem(&settings, &zero);
 
+	PINCG_TEST_MARK();
 	return cfg && cfg->mode == PINCG_MODE_ENFORCE;
 }
 
@@ -238,12 +256,126 @@ static __always_inline struct source_actions *actions_of(__u32 source)
 	return bpf_map_lookup_elem(&actions, &slot);
 }
 
+/* x86's TS_COMPAT: the current system call is a 32-bit one. */
+#define PINCG_TS_COMPAT 0x0002
+
+static __always_inline bool in_compat_syscall(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, thread_info.status) & PINCG_TS_COMPAT;
+}
+
+/* Entries in the requests map made by this object's refusal points; its
+ * system-call exit hooks test this first, one load, on every call. */
+__u64 pincg_requests = 0;
+
+enum level_op {
+	LEVEL_BUDGET,	/* read limits and headroom of the current ancestry */
+	LEVEL_RESERVE,	/* reserve `bytes` at every `limited` level */
+	LEVEL_RETURN,	/* give `bytes` back at every level of `mask` */
+	LEVEL_EVENT,	/* count a `max` event at every level of `mask` */
+};
+
+/*
+ * A pass over the levels of the current task's ancestry (bpf_loop: the
+ * verifier walks a level once, not every combination of sixteen). Levels
+ * other than LEVEL_BUDGET's name the cgroups of the task's request (`tid`).
+ */
+struct level_walk {
+	__u64 tid;
+	__u64 bytes;
+	__u64 headroom;	/* LEVEL_BUDGET: least pins.max - pinned - reserved */
+	__u32 limited;	/* LEVEL_BUDGET: bit i: level i has a limit */
+	__u32 mask;	/* LEVEL_RETURN, LEVEL_EVENT: the levels to visit */
+	__u32 held;	/* LEVEL_RESERVE: levels that reserved */
+	__u32 over;	/* LEVEL_RESERVE: levels that could not */
+	__u32 op;
+	__u32 no_usage;	/* LEVEL_BUDGET: a level has no usage entry */
+};
+
+static long level_step(__u64 i, struct level_walk *w)
+{
+	__u32 level = i & (PINCG_MAX_DEPTH - 1), bit = 1U << level;
+	struct pin_request *req;
+	struct cgroup_limit *lim;
+	struct cgroup_usage *u;
+	__u64 id, after;
+
+	if (w->op == LEVEL_BUDGET) {
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			return 1;
+		/* Made now for every level, so the charge finds them; a full
+		 * usage map is no room at all for a limited request. */
+		u = usage_of(id);
+		w->no_usage |= !u;
+		lim = bpf_map_lookup_elem(&limits, &id);
+		if (!lim)
+			return 0;
+		w->limited |= bit;
+		after = u ? u->pinned + u->reserved : ~0ULL;
+		if (after >= lim->max)
+			w->headroom = 0;
+		else if (lim->max - after < w->headroom)
+			w->headroom = lim->max - after;
+		return 0;
+	}
+	if (!((w->op == LEVEL_RESERVE ? w->limited : w->mask) & bit))
+		return 0;
+	req = bpf_map_lookup_elem(&requests, &w->tid);
+	if (!req)
+		return 1;
+	if (w->op == LEVEL_RESERVE)
+		req->cgroups[level] = bpf_get_current_ancestor_cgroup_id(level);
+	id = req->cgroups[level];
+	u = bpf_map_lookup_elem(&usage, &id);
+	if (w->op == LEVEL_EVENT) {
+		if (u)
+			__sync_fetch_and_add(&u->events_max, 1);
+		return 0;
+	}
+	if (w->op == LEVEL_RETURN) {
+		if (u)
+			__sync_fetch_and_add(&u->reserved, -w->bytes);
+		return 0;
+	}
+	lim = bpf_map_lookup_elem(&limits, &id);
+	if (!lim)
+		return 0;	/* the limit went since the budget was read */
+	if (!u) {
+		w->over |= bit;	/* no usage entry: no room to charge */
+		return 0;
+	}
+	/* Add, then take back if that went over: atomic per cgroup. */
+	after = __sync_fetch_and_add(&u->reserved, w->bytes) + w->bytes;
+	if (u->pinned + after <= lim->max) {
+		w->held |= bit;
+		return 0;
+	}
+	__sync_fetch_and_add(&u->reserved, -w->bytes);
+	w->over |= bit;
+	return 0;
+}
+
+/* One pass of `op` over the levels of `mask`, `bytes` each. */
+static __always_inline void levels(struct level_walk *w, __u32 op, __u32 mask, __u64 bytes)
+{
+	w->op = op;
+	w->mask = mask;
+	w->bytes = bytes;
+	bpf_loop(PINCG_MAX_DEPTH, level_step, w, 0);
+}
+
 /*
  * A charge raised `cgroup`'s usage to `after`: peak, a pins.high crossing,
- * and whether it is now over its pins.max (a `max` event). Returns the
- * action the cgroup's limit asks for, or -1 if it is within its max.
+ * and whether it is over its pins.max. Only the `unreserved` part of a
+ * charge can overrun: it does when it takes what the cgroup has committed
+ * (`after` + the `reserved` of requests still pinning) over pins.max.
+ * Returns the action the cgroup's limit asks for, or -1 if within its max.
  */
-static __always_inline int raised(__u64 cgroup, struct cgroup_usage *u, __u64 after, __u64 delta)
+static __always_inline int raised(__u64 cgroup, struct cgroup_usage *u, __u64 after, __u64 delta,
+				  __u64 unreserved, __u64 reserved)
 {
 	struct cgroup_limit *lim = bpf_map_lookup_elem(&limits, &cgroup);
 
@@ -253,48 +385,105 @@ static __always_inline int raised(__u64 cgroup, struct cgroup_usage *u, __u64 af
 		return -1;
 	if (after - delta <= lim->high && after > lim->high)
 		__sync_fetch_and_add(&u->events_high, 1);
-	if (after <= lim->max)
+	if (!unreserved || after + reserved <= lim->max)
 		return -1;
-	__sync_fetch_and_add(&u->events_max, 1);
 	return lim->action;
 }
 
 /*
- * A charge took at least one cgroup over its pins.max where nothing refused
- * it: count the overrun and, in enforce mode, apply the strictest action
- * (kill: SIGKILL to the pinning task, which is current in every charge
- * hook). Freeze is applied by the agent, which sees the overrun.
+ * A charge took the cgroups of `fresh` (bit i: obj->ancestors[i]) over their
+ * pins.max for the first time in its request and object (their `max`
+ * events are counted by apply), where nothing refused it. The first
+ * overrun of a request is counted per source and, in enforce mode with
+ * `kill`, SIGKILLs the pinning task (current in every charge hook) once.
+ * Freeze is applied by the agent, which sees the overrun.
  */
-static __always_inline void overrun(const struct pin_object *obj, __u32 source, bool kill)
+static __always_inline void overrun(struct pin_object *obj, struct pin_request *req, __u32 source,
+				    __u32 before, __u32 fresh, bool kill)
 {
 	struct source_actions *acts = actions_of(source);
 
+	__sync_fetch_and_or(&obj->over, fresh);
+	if (req)
+		req->over |= fresh;	/* only its own task charges it */
 	if (!acts)
 		return;
-	__sync_fetch_and_add(&acts->overruns, 1);
-	if (kill && enforcing() && obj->tgid == bpf_get_current_pid_tgid() >> 32) {
+	if (!(before & ~PINCG_OVER_KILLED))
+		__sync_fetch_and_add(&acts->overruns, 1);
+	if (kill && !(before & PINCG_OVER_KILLED) && enforcing() &&
+	    obj->tgid == bpf_get_current_pid_tgid() >> 32) {
+		__sync_fetch_and_or(&obj->over, PINCG_OVER_KILLED);
+		if (req)
+			req->over |= PINCG_OVER_KILLED;
 		bpf_send_signal(9 /* SIGKILL */);
 		__sync_fetch_and_add(&acts->killed, 1);
 	}
 }
 
+/* 1 if v != 0, without a branch (the verifier walks one path per level). */
+static __always_inline __u64 nonzero(__u64 v)
+{
+	return (v | -v) >> 63;
+}
+
+/*
+ * The current task's admitted request, for a charge of `obj`. If `obj` is
+ * not charged where the request reserved (the task moved mid-request, or
+ * is nested deeper than PINCG_MAX_DEPTH), the reservation is returned now
+ * and the charge is an unreserved one: nothing is counted twice.
+ */
+static __always_inline struct pin_request *request_for(const struct pin_object *obj)
+{
+	struct level_walk w = { .tid = bpf_get_current_pid_tgid() };
+	struct pin_request *req = bpf_map_lookup_elem(&requests, &w.tid);
+	__u64 depth = obj->depth, moved = 0;
+
+	if (!req)
+		return NULL;
+	for (__u64 i = 0; i < PINCG_MAX_DEPTH; i++)
+		moved |= (req->held >> i & 1) &
+			 (nonzero(obj->ancestors[i] ^ req->cgroups[i]) | ((depth - 1 - i) >> 63));
+	if (moved && req->left)
+		levels(&w, LEVEL_RETURN, req->held, req->left);
+	if (moved) {
+		req->held = 0;
+		req->left = 0;
+	}
+	return req;
+}
+
 /*
  * Add `delta` bytes of `source` (negative: remove) along the object's
  * ancestry, of which `unique` bytes were (or now are) pinned by nothing else
- * of the process, in one pass: a charge also keeps peaks, counts pins.high
- * crossings and, where it takes a cgroup over its pins.max, the overrun and
- * its action.
+ * of the process, in one pass. A charge takes what it can of its request's
+ * reservation (moving those bytes from `reserved` to `pinned`), keeps
+ * peaks, counts pins.high crossings and, where its unreserved bytes take a
+ * cgroup over its pins.max, one `max` event per request and object there,
+ * the overrun and its action. `obj` is the ledger's entry (it keeps which
+ * limits it went over).
  */
-static __always_inline void apply(const struct pin_object *obj, __u32 source, __s64 delta, __s64 unique)
+static __always_inline void apply(struct pin_object *obj, __u32 source, __s64 delta, __s64 unique)
 {
+	struct pin_request *req = NULL;
 	struct cgroup_usage *u;
-	bool over = false, kill = false;
+	bool kill = false;
+	__u32 over = 0, before = obj->over, held = 0;
 	__u32 src = source;
+	__u64 take = 0;
 
 	if (src >= PINCG_NR_SOURCES)
 		return;
+	if (unique > 0) {
+		req = request_for(obj);
+		if (req) {
+			take = req->left < (__u64)unique ? req->left : (__u64)unique;
+			req->left -= take;
+			held = req->held;
+			before |= req->over;
+		}
+	}
 	for (int i = 0; i < PINCG_MAX_DEPTH; i++) {
-		__u64 after;
+		__u64 after, reserved, mine;
 		int action;
 
 		if (i >= obj->depth)
@@ -309,12 +498,18 @@ static __always_inline void apply(const struct pin_object *obj, __u32 source, __
 		after = __sync_fetch_and_add(&u->pinned, unique) + unique;
 		if (unique <= 0)
 			continue;
-		action = raised(obj->ancestors[i], u, after, unique);
-		over |= action >= 0;
+		/* Pinned first, reserved after: the sum never dips below the truth. */
+		mine = take & -(__u64)(held >> i & 1);
+		reserved = __sync_fetch_and_add(&u->reserved, -mine) - mine;
+		action = raised(obj->ancestors[i], u, after, unique, unique - take, reserved);
+		if (action < 0)
+			continue;
+		__sync_fetch_and_add(&u->events_max, 1 - (before >> i & 1));
+		over |= 1U << i;
 		kill |= action == PINCG_ACT_KILL;
 	}
-	if (over)
-		overrun(obj, source, kill);
+	if (over & ~before)
+		overrun(obj, req, source, before, over & ~before, kill);
 }
 
 /*
@@ -328,53 +523,172 @@ static __always_inline __u64 new_bytes(__u64 addr, __u64 len)
 }
 
 /*
- * At a refusal point, before anything is pinned: would `bytes` new bytes
- * take the current task's cgroup or an ancestor over its pins.max? In
- * enforce mode, counts a `max` event at each such cgroup and returns
- * -ENOMEM. In monitor mode, counts `would_refuse` and returns 0: the pin
- * goes ahead, and its charge counts the `max` event (an overrun), so one
- * request is one event.
+ * Admission. A request's bytes are checked and reserved at once at every
+ * ancestor with a limit (pinned + reserved + bytes <= pins.max), so
+ * concurrent requests cannot pass against the same headroom; its charges
+ * convert the reservation (apply), and the end of its system call returns
+ * what is left (request_end). The work is bounded by what is real: a claim
+ * is only walked page by page (new_bytes) when neither its size nor its
+ * size less all the cgroup already pins decides it.
  */
-static __always_inline int admit_bytes(__u64 bytes, __u32 source)
+
+/* The limits and headroom of the current task's ancestry. */
+static __always_inline void budget_of_current(struct level_walk *w)
 {
-	struct source_actions *acts;
+	w->tid = bpf_get_current_pid_tgid();
+	w->headroom = ~0ULL;
+	w->limited = 0;
+	w->held = 0;
+	w->over = 0;
+	w->no_usage = 0;
+	levels(w, LEVEL_BUDGET, 0, 0);
+	if (w->limited && w->no_usage)
+		w->headroom = 0;
+}
+
+/*
+ * Whether the ledger has room for `nr` more objects of a limited cgroup:
+ * those may fill `objects` only up to all but its last 1/8, kept for
+ * cgroups without a limit, so a tenant within its pins.max (thousands of
+ * one-page buffers) cannot leave anyone's pins uncharged; a limited one is
+ * refused rather than left uncharged.
+ */
+static __always_inline bool ledger_room(__u64 nr)
+{
+	__u32 charges = PINCG_CNT_CHARGES, releases = PINCG_CNT_RELEASES;
+	__u64 *in = bpf_map_lookup_elem(&counters, &charges);
+	__u64 *out = bpf_map_lookup_elem(&counters, &releases);
+	__u64 capacity = ((struct bpf_map *)&objects)->max_entries;
+	__u64 live = in && out && *in > *out ? *in - *out : 0;
+
+	return live + nr <= capacity - capacity / PINCG_UNLIMITED_SHARE;
+}
+
+/* What the current cgroup already pins: the most a claim can share. */
+static __always_inline __u64 current_pinned(void)
+{
+	__u64 leaf = bpf_get_current_cgroup_id();
+	struct cgroup_usage *u = bpf_map_lookup_elem(&usage, &leaf);
+
+	return u ? u->pinned : 0;
+}
+
+/*
+ * Whether a request claiming `claim` bytes is decided without a walk, and
+ * the bytes it is checked with: the claim itself if it fits the headroom,
+ * or, if even the claim less everything the cgroup pins does not fit, that
+ * lower bound of its new bytes (refused at O(1)). Otherwise its new bytes
+ * must be counted, and the claim is at most the headroom plus real pins.
+ */
+static __always_inline bool claim_decided(const struct level_walk *w, __u64 claim, __u64 *bytes)
+{
+	__u64 shared = current_pinned();
+
+	if (claim <= w->headroom) {
+		*bytes = claim;
+		return true;
+	}
+	if (claim - w->headroom > shared) {
+		*bytes = claim - shared;
+		return true;
+	}
+	return false;
+}
+
+/* Return what the current task's request still holds and forget it. */
+static __always_inline void request_end(void)
+{
+	struct level_walk w = { .tid = bpf_get_current_pid_tgid() };
+	struct pin_request *req;
+
+	if (!*(volatile __u64 *)&pincg_requests)
+		return;
+	req = bpf_map_lookup_elem(&requests, &w.tid);
+	if (!req)
+		return;
+	if (req->left && req->held)
+		levels(&w, LEVEL_RETURN, req->held, req->left);
+	if (!bpf_map_delete_elem(&requests, &w.tid))
+		__sync_fetch_and_add(&pincg_requests, -1);
+}
+
+/*
+ * At a refusal point, before anything is pinned: admit a request of `bytes`
+ * new bytes (see claim_decided) and reserve them at every limited ancestor,
+ * or, if they would take one over its pins.max, count a `max` event at each
+ * such cgroup and return -ENOMEM (enforce mode). In monitor mode the
+ * request goes ahead unreserved, `would_refuse` is counted, and its charge
+ * counts the `max` event (an overrun), so one request is one event. A
+ * request that finds the requests map full, or the ledger without room for
+ * its `nr_objects` (ledger_room), is refused (enforce) or let through
+ * unreserved (monitor): fail closed.
+ */
+static __always_inline int admit_bytes(struct level_walk *w, __u64 bytes, __u64 nr_objects, __u32 source)
+{
+	static const struct pin_request none;
+	struct source_actions *acts = actions_of(source);
 	bool enforce = enforcing();
-	bool over = false;
+	struct pin_request *req;
 
-	for (int level = 0; level < PINCG_MAX_DEPTH; level++) {
-		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
-		struct cgroup_limit *lim;
-		struct cgroup_usage *u;
-
-		if (!id)
-			break;
-		lim = bpf_map_lookup_elem(&limits, &id);
-		if (!lim)
-			continue;
-		u = usage_of(id);
-		if (!u || u->pinned + bytes <= lim->max)
-			continue;
-		if (enforce)
-			__sync_fetch_and_add(&u->events_max, 1);
-		over = true;
+	if (!w->limited)
+		return 0;
+	if (!ledger_room(nr_objects)) {
+		count(PINCG_CNT_LEDGER_ROOM);
+		if (!enforce)
+			return 0;
+		if (acts)
+			__sync_fetch_and_add(&acts->refused, 1);
+		return -12; /* -ENOMEM */
 	}
-	if (!over)
+	request_end();	/* one whose exit was never seen (none expected) */
+	if (bpf_map_update_elem(&requests, &w->tid, &none, BPF_NOEXIST)) {
+		count(PINCG_CNT_REQUESTS_FULL);
+		if (!enforce)
+			return 0;
+		if (acts)
+			__sync_fetch_and_add(&acts->refused, 1);
+		return -12; /* -ENOMEM */
+	}
+	__sync_fetch_and_add(&pincg_requests, 1);
+	levels(w, LEVEL_RESERVE, 0, bytes);
+	if (w->over && w->held)
+		levels(w, LEVEL_RETURN, w->held, bytes);
+	req = bpf_map_lookup_elem(&requests, &w->tid);
+	if (req && !w->over) {
+		req->held = w->held;
+		req->left = bytes;
+	}
+	if (!w->over) {
+		/* A compat call's exit is not hooked: checked, not reserved. */
+		if (in_compat_syscall())
+			request_end();
 		return 0;
-	acts = actions_of(source);
-	if (!acts)
-		return 0;
+	}
 	if (!enforce) {
-		__sync_fetch_and_add(&acts->would_refuse, 1);
+		if (acts)
+			__sync_fetch_and_add(&acts->would_refuse, 1);
 		return 0;
 	}
-	__sync_fetch_and_add(&acts->refused, 1);
+	levels(w, LEVEL_EVENT, w->over, 0);
+	request_end();
+	if (acts)
+		__sync_fetch_and_add(&acts->refused, 1);
 	return -12; /* -ENOMEM */
 }
 
-/* admit_bytes() for pinning [addr, addr + len): only new pages count. */
+/* Admission of pinning [addr, addr + len): only new pages count, counted
+ * only when the claim's size does not decide (claim_decided). */
 static __always_inline int admit(__u64 addr, __u64 len, __u32 source)
 {
-	return admit_bytes(new_bytes(addr, len), source);
+	struct level_walk w;
+	__u64 bytes;
+
+	budget_of_current(&w);
+	if (!w.limited)
+		return 0;
+	if (!claim_decided(&w, page_span(addr, len), &bytes))
+		bytes = new_bytes(addr, len);
+	return admit_bytes(&w, bytes, 1, source);
 }
 
 /*
@@ -493,6 +807,10 @@ static __always_inline void record(struct pin_key *key, __u32 source, struct tas
 		count(PINCG_CNT_LEDGER_FULL);
 		return;
 	}
+	/* The entry itself, which keeps the limits its pin went over. */
+	obj = bpf_map_lookup_elem(&objects, key);
+	if (!obj)
+		return;	/* released at once by another CPU: nothing to charge */
 	apply(obj, source, bytes, span_walk(obj->cgroup, obj->tgid, addr, bytes, SPAN_ADD));
 	count(PINCG_CNT_CHARGES);
 }

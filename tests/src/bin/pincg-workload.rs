@@ -1,6 +1,9 @@
 //! `pincg-workload [--user UID] io_uring|vfio|iommufd|rdma|xdp|vduse|vm`: a pinning process driven over
 //! stdin (see `pincg_tests::workload`).
 //!
+//! Arguments after `--` are ignored (a QEMU-like command line: `-name
+//! guest=…`, which the agent reads to name a KubeVirt pod's VM).
+//!
 //! `--user UID` raises RLIMIT_MEMLOCK to unlimited, then drops to UID
 //! without capabilities, so the kernel's own accounting runs as it does for
 //! an unprivileged tenant.
@@ -10,7 +13,9 @@ use pincg_tests::workload::{
 };
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // What follows `--` is ignored: a QEMU-like command line for the agent
+    // to read (`-name guest=…`).
+    let args: Vec<String> = std::env::args().skip(1).take_while(|a| a != "--").collect();
     let (user, kind) = match args.as_slice() {
         [flag, uid, kind] if flag == "--user" => (Some(uid.parse::<u32>().expect("--user takes a numeric uid")), kind),
         [kind] => (None, kind),

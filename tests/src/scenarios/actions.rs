@@ -47,7 +47,6 @@ fn refused_before_pinning() -> Result<()> {
 
 /// 6.1/6.12: the cgroup's action applies once the ledger shows the overrun.
 fn acted_after() -> Result<()> {
-
     step("alert: a 64 MiB registration over a 32 MiB budget is counted, nothing else");
     let alert = limited("pincg-actions/alert", "alert")?;
     let mut w = Workload::spawn("alerted", &alert, &["io_uring"])?;

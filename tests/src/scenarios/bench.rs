@@ -58,8 +58,8 @@ use Side::{With, Without};
 
 /// The order of the blocks: ABBA ABBA ABBA ABBA.
 const PLAN: [Side; 16] = [
-    Without, With, With, Without, Without, With, With, Without,
-    Without, With, With, Without, Without, With, With, Without,
+    Without, With, With, Without, Without, With, With, Without, Without, With, With, Without, Without, With, With,
+    Without,
 ];
 /// Rounds per block: each round runs every measurement's `per_round`.
 const ROUNDS: usize = 10;
@@ -585,7 +585,8 @@ fn report(results: &[Samples], counts: &[usize], elapsed: Duration) -> String {
         let (ma, mb) = (percentile(&a, 0.5), percentile(&b, 0.5));
         let ratio = mb / ma;
         let width = |s: &[f64], m: f64| 100.0 * (percentile(s, 0.9) - percentile(s, 0.1)) / m;
-        let range = |v: &mut dyn Iterator<Item = f64>| v.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        let range =
+            |v: &mut dyn Iterator<Item = f64>| v.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
         let (lo, hi) = range(&mut r.pair_ratios().into_iter());
         let (met, target) = match spec.target {
             AtMost(t) => (ratio <= t, format!("<={t:.2}")),

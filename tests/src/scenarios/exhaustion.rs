@@ -5,18 +5,25 @@
 //! is counted as `ledger_full` (metric and alert). Releasing everything
 //! returns usage to 0 and new pins are charged again. Then 2000 pins.high
 //! and pins.max crossings in a row are each counted, and the agent lives.
+//! Last, no tenant blinds the node: a cgroup with a limit, within its own
+//! pins.max, fills the ledger only up to 56 of its 64 objects (then ENOMEM),
+//! so a cgroup without a limit is still charged, and another limited one is
+//! refused rather than left uncharged.
 
 use anyhow::{ensure, Result};
 
+use crate::devices::vfio_edu_group;
 use crate::scenario::{
-    expect_metric, expect_no_drift, http_get, kernel_pinned_pages, map_entries, pincg, step, wait_for, Agent, Cgroup,
-    Workload, MIRROR_ROOT,
+    expect_hook, expect_metric, expect_no_drift, http_get, kernel_pinned_pages, map_entries, pincg, step, wait_for,
+    Agent, Cgroup, Workload, MIRROR_ROOT,
 };
 
 const PAGE: u64 = 4096;
 const CAPACITY: u64 = 64;
 const REGISTERED: u64 = 80;
 const FLOOD: u64 = 2000;
+/// What limited cgroups may fill of the ledger: all but its last eighth.
+const LIMITED_ROOM: u64 = CAPACITY - CAPACITY / 8;
 
 fn ledger_event(event: &str, n: u64) -> Result<()> {
     expect_metric(&format!("pincg_ledger_events_total{{event=\"{event}\"}} {n}"))
@@ -76,5 +83,50 @@ pub fn run() -> Result<()> {
     ledger_event("program_skipped", 0)?;
     ensure!(http_get("/healthz").is_ok(), "the agent stopped answering after the flood");
     ensure!(agent.running(), "the agent died in the flood:\n{}", agent.log_text());
+    expect_no_drift()?;
+    drop(f);
+    drop(w);
+    blinding()
+}
+
+/// A tenant with a limit maps one-page buffers (VFIO MAP_DMA, one pin
+/// object each) until the ledger refuses it.
+fn blinding() -> Result<()> {
+    step("a limited tenant within its 1 MiB pins.max maps 4 KiB buffers: 56 of 64 objects, then ENOMEM");
+    let group = vfio_edu_group()?.to_string_lossy().into_owned();
+    // The VFIO module was just loaded: its charge hooks attach within a second.
+    expect_hook("vfio:pin", 1)?;
+    println!("   {}", pincg(&["mode", "enforce"])?.trim());
+    let tenant = Cgroup::create("pincg-exhaustion/tenant")?;
+    println!("   {}", pincg(&["set", "/pincg-exhaustion/tenant", "max", "1M"])?.trim());
+    let mut t = Workload::spawn("tenant", &tenant, &["vfio"])?;
+    t.run(&format!("open {group}"))?;
+    for i in 0..LIMITED_ROOM {
+        t.run(&format!("map {:#x} 4K", (i + 1) << 32))?;
+    }
+    t.expect_err(&format!("map {:#x} 4K", (LIMITED_ROOM + 1) << 32), "Cannot allocate memory")?;
+    tenant.expect_current(LIMITED_ROOM * PAGE)?;
+    ledger_event("ledger_room", 1)?;
+
+    step("a cgroup without a limit is still charged in the eighth kept for it");
+    let free = Cgroup::create("pincg-exhaustion/free")?;
+    let mut u = Workload::spawn("free", &free, &["io_uring"])?;
+    u.run("ring")?;
+    u.run(&format!("register-n {} 4K", CAPACITY - LIMITED_ROOM))?;
+    free.expect_current((CAPACITY - LIMITED_ROOM) * PAGE)?;
+    ledger_event("ledger_full", REGISTERED - CAPACITY)?;
+
+    step("another limited cgroup is refused (ENOMEM, AF_XDP), not left uncharged");
+    let other = Cgroup::create("pincg-exhaustion/other")?;
+    println!("   {}", pincg(&["set", "/pincg-exhaustion/other", "max", "1M"])?.trim());
+    let mut x = Workload::spawn("other", &other, &["xdp"])?;
+    x.run("socket")?;
+    x.expect_err("umem 4K", "Cannot allocate memory")?;
+    other.expect_current(0)?;
+    ledger_event("ledger_room", 2)?;
+    ledger_event("ledger_full", REGISTERED - CAPACITY)?;
+    drop((t, u, x));
+    tenant.expect_current(0)?;
+    free.expect_current(0)?;
     expect_no_drift()
 }

@@ -34,8 +34,14 @@ pub fn run() -> Result<()> {
     ensure!(ok, "the tenant cannot create a sub-cgroup: {err}");
     let vm = Cgroup { rel: "pincg-hostile/tenant/vm".into() };
     wait_for("the sub-cgroup's mirror directory", || (vm.mirror("pins.max").exists(), String::new()))?;
-    ensure!(std::fs::metadata(vm.mirror("pins.max"))?.uid() == TENANT, "the tenant does not own its sub-cgroup's pins.max");
-    ensure!(std::fs::metadata(delegated.mirror("pins.max"))?.uid() == 0, "the delegation root's pins.max is not root's");
+    ensure!(
+        std::fs::metadata(vm.mirror("pins.max"))?.uid() == TENANT,
+        "the tenant does not own its sub-cgroup's pins.max"
+    );
+    ensure!(
+        std::fs::metadata(delegated.mirror("pins.max"))?.uid() == 0,
+        "the delegation root's pins.max is not root's"
+    );
     for file in ["pins.current", "pins.stat", "pins.events"] {
         let meta = std::fs::metadata(vm.mirror(file))?;
         ensure!(meta.uid() == 0 && meta.mode() & 0o022 == 0, "{file} is writable by others");

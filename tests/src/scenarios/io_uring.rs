@@ -4,7 +4,9 @@
 
 use anyhow::{ensure, Result};
 
-use crate::scenario::{cgroup_series, expect_no_drift, http_get, kernel_at_least, pincg, skip, step, Agent, Cgroup, Workload};
+use crate::scenario::{
+    cgroup_series, expect_no_drift, http_get, kernel_at_least, pincg, skip, step, Agent, Cgroup, Workload,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -61,7 +63,8 @@ pub fn run() -> Result<()> {
     ensure!(json.as_array().map(Vec::len) == Some(2), "explain --json: {json}");
     let top = pincg(&["top", "--iterations", "1"])?;
     print!("{top}");
-    let order: Vec<&str> = top.lines().filter_map(|l| l.split_whitespace().last()).filter(|c| c.starts_with("/pincg-test")).collect();
+    let order: Vec<&str> =
+        top.lines().filter_map(|l| l.split_whitespace().last()).filter(|c| c.starts_with("/pincg-test")).collect();
     ensure!(order == ["/pincg-test", "/pincg-test/a", "/pincg-test/b"], "top order {order:?}");
 
     step("the charge stays with a when the pinner moves to c");

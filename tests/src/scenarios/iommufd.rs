@@ -3,10 +3,11 @@
 //! `iommufd`; IOAS_COPY of the same range adds nothing; UNMAP and close
 //! return the charge; the CAP_IPC_LOCK (no accounting), user and mm
 //! accounting modes are all counted the same; IOAS_MAP over budget is
-//! refused.
+//! refused, a 1 TiB claim within 2x the kernel's own rejection + 1 ms.
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
+use super::admission::claim;
 use crate::devices::vfio_edu_cdev;
 use crate::scenario::{expect_hook, expect_no_drift, pincg, step, Agent, Cgroup, Workload};
 
@@ -14,8 +15,18 @@ const MIB: u64 = 1 << 20;
 
 pub fn run() -> Result<()> {
     let cg = Cgroup::create("pincg-iommufd")?;
-    let _agent = Agent::start()?;
     let cdev = vfio_edu_cdev()?.to_string_lossy().into_owned();
+    // With a device attached IOAS_MAP pins at once (and fails on the
+    // unbacked range); without one it only records the area.
+    step("a 1 TiB IOAS_MAP claim without pincg, edu attached: the kernel's own rejection, timed");
+    let mut claimer = Workload::spawn("claim-bare", &cg, &["iommufd"])?;
+    for command in ["open", "ioas", &format!("attach {cdev}")] {
+        claimer.run(command)?;
+    }
+    let (bare_ns, bare_error) = claim(&mut claimer, "/tmp/claim-iommufd-bare")?;
+    println!("   {bare_ns} ns, {bare_error}");
+    claimer.run("close")?;
+    let _agent = Agent::start()?;
     expect_hook("iommufd:account", 1)?;
     expect_hook("iommufd:release", 1)?;
 
@@ -70,6 +81,10 @@ pub fn run() -> Result<()> {
         vmm.run(command)?;
     }
     vmm.expect_err("map 0 0x100000 64M", "Cannot allocate memory")?;
+    let (ns, error) = claim(&mut vmm, "/tmp/claim-iommufd-pincg")?;
+    println!("   a 1 TiB claim: {ns} ns (without pincg {bare_ns} ns), {error}");
+    ensure!(error.contains("Cannot allocate memory"), "a 1 TiB IOAS_MAP claim failed with {error:?}, not ENOMEM");
+    ensure!(ns <= 2 * bare_ns + 1_000_000, "a 1 TiB IOAS_MAP claim took {ns} ns, over 2 x {bare_ns} + 1 ms");
     vmm.run("map 0 0x100000 32M")?;
     cg.expect_current(32 * MIB)?;
     vmm.run("close")?;

@@ -28,7 +28,9 @@ pub fn run() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success()
-            && stderr.ends_with("pincg: configuration file /tmp/absent.toml: No such file or directory (os error 2)\n"),
+            && stderr.ends_with(
+                "pincg: error: configuration file /tmp/absent.toml: No such file or directory (os error 2)\n"
+            ),
         "pincg agent --config /tmp/absent.toml: {}: {stderr}",
         out.status
     );

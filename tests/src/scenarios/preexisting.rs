@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 
-use crate::scenario::{expect_metric, step, wait_for, Agent, Cgroup, Workload, http_get};
+use crate::scenario::{expect_metric, http_get, step, wait_for, Agent, Cgroup, Workload};
 
 pub fn run() -> Result<()> {
     let cg = Cgroup::create("pincg-before")?;

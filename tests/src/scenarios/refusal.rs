@@ -21,7 +21,9 @@ pub fn lockdown() -> Result<()> {
     ensure!(elapsed < Duration::from_secs(1), "took {elapsed:?} to refuse");
     ensure!(stderr.lines().count() == 1, "expected one line, got:\n{stderr}");
     ensure!(
-        stderr.starts_with("pincg: this kernel refuses pincg's BPF programs: kernel lockdown is in confidentiality mode"),
+        stderr.starts_with(
+            "pincg: error: this kernel refuses pincg's BPF programs: kernel lockdown is in confidentiality mode"
+        ),
         "the line does not name lockdown: {stderr}"
     );
     println!("   ok refused in {} ms", elapsed.as_millis());

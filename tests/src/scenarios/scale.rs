@@ -34,8 +34,7 @@ pub fn run() -> Result<()> {
     let mut rows = Vec::new();
     let mut made = 0;
     // Each measurement adds one page to c1 (the pins.high crossing).
-    let mut crossings = 0;
-    for size in SIZES {
+    for (crossings, size) in SIZES.into_iter().enumerate() {
         step(&format!("{size} cgroups, {} pin objects", size * PER_CGROUP));
         for i in made..size {
             fs::create_dir(Cgroup { rel: format!("{DIR}/c{i}") }.path())?;
@@ -53,7 +52,6 @@ pub fn run() -> Result<()> {
         println!("   mirror complete {} ms after the pins", started.elapsed().as_millis());
         rows.push(measure(size, crossings, &mut spreader)?);
         print_table(&rows);
-        crossings += 1;
     }
     Ok(())
 }
@@ -81,7 +79,9 @@ fn measure(cgroups: usize, crossings: usize, spreader: &mut Workload) -> Result<
     };
     // Let a few agent rounds run at this size before reading their cost.
     std::thread::sleep(Duration::from_millis(500));
-    let sample = Duration::from_secs_f64(median_f64((0..5).map(|_| metric("pincg_sample_duration_seconds")).collect::<Result<_>>()?));
+    let sample = Duration::from_secs_f64(median_f64(
+        (0..5).map(|_| metric("pincg_sample_duration_seconds")).collect::<Result<_>>()?,
+    ));
     let rss = metric("pincg_agent_resident_bytes")? as u64;
     let mut scrape_bytes = 0;
     let scrape = median((0..5).map(|_| {
@@ -142,7 +142,10 @@ fn median_f64(mut v: Vec<f64>) -> f64 {
 fn print_table(rows: &[Row]) {
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     let met = |ok: bool| if ok { "yes" } else { "NO" };
-    println!("\n{:>8} {:>8} {:>10} {:>9} {:>22} {:>10} {:>14} {:>9} {:>10}", "cgroups", "objects", "sample", "RSS", "scrape (size)", "status", "ledger read/s", "set", "high seen");
+    println!(
+        "\n{:>8} {:>8} {:>10} {:>9} {:>22} {:>10} {:>14} {:>9} {:>10}",
+        "cgroups", "objects", "sample", "RSS", "scrape (size)", "status", "ledger read/s", "set", "high seen"
+    );
     for r in rows {
         println!(
             "{:>8} {:>8} {:>10} {:>6} MiB {:>12} ({:>5} KiB) {:>10} {:>14.0} {:>9} {:>10}",
@@ -165,6 +168,10 @@ fn print_table(rows: &[Row]) {
         println!("  pincg status <= 200 ms: {}, met {}", ms(r.status), met(r.status <= STATUS_TARGET));
         println!("  ledger read >= 200000 objects/s: {:.0}, met {}", r.read_rate, met(r.read_rate >= READ_RATE_TARGET));
         println!("  pincg set in force <= 100 ms: {}, met {}", ms(r.set), met(r.set <= CONTROL_TARGET));
-        println!("  pins.high crossing in pins.events <= 100 ms: {}, met {}", ms(r.high), met(r.high <= CONTROL_TARGET));
+        println!(
+            "  pins.high crossing in pins.events <= 100 ms: {}, met {}",
+            ms(r.high),
+            met(r.high <= CONTROL_TARGET)
+        );
     }
 }

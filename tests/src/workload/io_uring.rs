@@ -2,7 +2,7 @@
 //! and structs of include/uapi/linux/io_uring.h), so every opcode can be
 //! exercised whatever liburing version the machine has.
 
-use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::tenant::{self, Forked};
 use super::{anonymous_memory, os_error, parse_size, reusable_memory};
@@ -120,9 +120,7 @@ impl super::Pinner for Rings {
                 let _ = std::io::stdout().flush();
                 Err(tenant::exec(&fds, argv))
             }
-            ("update-empty", [slot]) => {
-                self.update(slot, libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 })
-            }
+            ("update-empty", [slot]) => self.update(slot, libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }),
             ("update-fresh", [slot, size]) => {
                 let size = parse_size(size)?;
                 self.update(slot, libc::iovec { iov_base: anonymous_memory(size)?, iov_len: size })
@@ -135,6 +133,22 @@ impl super::Pinner for Rings {
                 Ok(())
             }
             ("unregister", []) => register(self.main()?, IORING_UNREGISTER_BUFFERS, std::ptr::null(), 0),
+            // `claim <size> <rounds> <report>`: register `size` of an
+            // unbacked range as 1 GiB iovecs (the kernel's largest), timed
+            // (`super::time_claim`).
+            ("claim", args) => {
+                let ring = self.main()?;
+                super::time_claim(args, |range, size| {
+                    const GIB: usize = 1 << 30;
+                    let iovs: Vec<libc::iovec> = (0..size.div_ceil(GIB))
+                        .map(|i| libc::iovec {
+                            iov_base: range.wrapping_byte_add(i * GIB),
+                            iov_len: GIB.min(size - i * GIB),
+                        })
+                        .collect();
+                    register(ring, IORING_REGISTER_BUFFERS, iovs.as_ptr().cast(), iovs.len() as u32)
+                })
+            }
             // `register-reuse SIZE`: like `register`, with this process's
             // reusable memory of SIZE (the same pages every time).
             ("register-reuse", [size]) => {
@@ -284,7 +298,7 @@ fn buffer(bytes: usize) -> Result<libc::iovec, String> {
 
 fn setup() -> Result<OwnedFd, String> {
     let mut params = [0u8; 120]; // struct io_uring_params, zeroed
-    // SAFETY: io_uring_setup reads and writes the params struct we own.
+                                 // SAFETY: io_uring_setup reads and writes the params struct we own.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 8u32, params.as_mut_ptr()) };
     if fd < 0 {
         return Err(os_error("io_uring_setup"));

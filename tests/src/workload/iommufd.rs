@@ -1,6 +1,7 @@
 //! iommufd IOAS maps (include/uapi/linux/iommufd.h) with the `edu` device
 //! bound through its VFIO cdev (include/uapi/linux/vfio.h), on a kernel
-//! built with IOMMUFD and VFIO_DEVICE_CDEV.
+//! built with IOMMUFD and VFIO_DEVICE_CDEV. `claim SIZE ROUNDS REPORT`
+//! times `super::time_claim` with IOAS_MAP into IOAS 0.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -19,6 +20,8 @@ const IOMMU_IOAS_MAP_WRITEABLE: u32 = 2;
 const IOMMU_IOAS_MAP_READABLE: u32 = 4;
 const IOMMU_OPTION_RLIMIT_MODE: u32 = 0;
 const IOMMU_OPTION_OP_SET: u16 = 0;
+/// Where `claim` maps its unbacked range, in IOAS 0.
+const CLAIM_IOVA: u64 = 1 << 40;
 
 #[repr(C)]
 struct IoasAlloc {
@@ -105,8 +108,14 @@ impl super::Pinner for Iommufd {
             ("become", [uid]) => super::drop_privileges(uid.parse().map_err(|_| format!("bad uid {uid:?}"))?),
             ("ioas", []) => self.alloc_ioas(),
             ("attach", [device]) => self.attach(device),
-            ("map", [ioas, iova, size]) => self.map(index(ioas)?, parse_iova(iova)?, parse_size(size)?),
-            ("copy", [from, to, iova, size]) => self.copy(index(from)?, index(to)?, parse_iova(iova)?, parse_size(size)?),
+            ("map", [ioas, iova, size]) => {
+                let bytes = parse_size(size)?;
+                self.map(index(ioas)?, parse_iova(iova)?, anonymous_memory(bytes)?, bytes)
+            }
+            ("claim", args) => super::time_claim(args, |range, size| self.map(0, CLAIM_IOVA, range, size)),
+            ("copy", [from, to, iova, size]) => {
+                self.copy(index(from)?, index(to)?, parse_iova(iova)?, parse_size(size)?)
+            }
             ("unmap", [ioas, iova, size]) => self.unmap(index(ioas)?, parse_iova(iova)?, parse_size(size)?),
             ("close", []) => {
                 self.device = None;
@@ -174,18 +183,23 @@ impl Iommufd {
         };
         ioctl(&device, VFIO_DEVICE_BIND_IOMMUFD, &mut bind as *mut _ as libc::c_ulong, "VFIO_DEVICE_BIND_IOMMUFD")?;
         let mut attach = AttachPt { argsz: std::mem::size_of::<AttachPt>() as u32, flags: 0, pt_id: self.ioas_id(0)? };
-        ioctl(&device, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut attach as *mut _ as libc::c_ulong, "VFIO_DEVICE_ATTACH_IOMMUFD_PT")?;
+        ioctl(
+            &device,
+            VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+            &mut attach as *mut _ as libc::c_ulong,
+            "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+        )?;
         self.device = Some(device);
         Ok(())
     }
 
-    fn map(&self, ioas: usize, iova: u64, bytes: usize) -> Result<(), String> {
+    fn map(&self, ioas: usize, iova: u64, va: *mut libc::c_void, bytes: usize) -> Result<(), String> {
         let mut map = IoasMap {
             size: std::mem::size_of::<IoasMap>() as u32,
             flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE,
             ioas_id: self.ioas_id(ioas)?,
             reserved: 0,
-            user_va: anonymous_memory(bytes)? as u64,
+            user_va: va as u64,
             length: bytes as u64,
             iova,
         };

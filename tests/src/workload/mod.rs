@@ -112,6 +112,51 @@ pub fn memlock(bytes: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// An address range of `bytes` that nothing backs (PROT_NONE, reserving
+/// nothing): a request claiming it fails at its first page in the kernel.
+pub fn unbacked_range(bytes: usize) -> Result<*mut libc::c_void, String> {
+    // SAFETY: a fresh inaccessible mapping; no existing memory is touched.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(os_error("mmap(PROT_NONE)"));
+    }
+    Ok(ptr)
+}
+
+/// `claim <size> <rounds> <report>`: request pinning `size` bytes of an
+/// unbacked range (which must fail) `rounds` times and write
+/// `min_ns N error E` to `report`: the fastest attempt (the least disturbed
+/// by the rest of the guest) and how the last one failed.
+pub fn time_claim(
+    args: &[&str],
+    mut request: impl FnMut(*mut libc::c_void, usize) -> Result<(), String>,
+) -> Result<(), String> {
+    let [size, rounds, report] = args else {
+        return Err(format!("claim needs <size> <rounds> <report>, got {args:?}"));
+    };
+    let (size, rounds) = (parse_size(size)?, rounds.parse::<u32>().map_err(|_| format!("bad count {rounds:?}"))?);
+    let range = unbacked_range(size)?;
+    let (mut fastest, mut error) = (u128::MAX, String::new());
+    for _ in 0..rounds {
+        let start = std::time::Instant::now();
+        let outcome = request(range, size);
+        fastest = fastest.min(start.elapsed().as_nanos());
+        error = outcome.err().ok_or("a claim succeeded")?;
+    }
+    // SAFETY: the range mapped above; nothing pinned it.
+    unsafe { libc::munmap(range, size) };
+    std::fs::write(report, format!("min_ns {fastest} error {error}\n")).map_err(|e| format!("{report}: {e}"))
+}
+
 /// Open a device node for reading and writing.
 pub fn open(path: &str) -> Result<OwnedFd, String> {
     std::fs::OpenOptions::new()

@@ -14,6 +14,7 @@
 //!   Debian's kernels: 6.1 EINVAL, 6.12 EOPNOTSUPP, 7.2 supported.
 //! - `dereg INDEX`: deregister the INDEX-th successful registration (0-based,
 //!   in registration order; indexes never shift).
+//! - `claim SIZE ROUNDS REPORT`: `super::time_claim` with `ibv_reg_mr`.
 //! - `close`: deregister everything left, free the PD and close the device.
 //!
 //! libibverbs is linked, so the binary needs libibverbs.so.1 to start, but
@@ -200,6 +201,10 @@ impl Rdma {
             ("dereg", [index]) => {
                 let index = index.parse().map_err(|_| format!("bad index {index:?}"))?;
                 self.device()?.dereg(index)
+            }
+            ("claim", args) => {
+                let device = self.device()?;
+                super::time_claim(args, |range, size| device.reg(range, size, ACCESS))
             }
             ("close", []) => self.close(),
             _ => Err(format!("unknown rdma command {command:?} {args:?}")),

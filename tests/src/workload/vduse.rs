@@ -110,7 +110,9 @@ impl super::Pinner for Vduse {
                 let uaddr = anonymous_memory(size)? as u64;
                 self.umem_ioctl(VDUSE_IOTLB_REG_UMEM, "VDUSE_IOTLB_REG_UMEM", uaddr, size)
             }
-            ("dereg", [size]) => self.umem_ioctl(VDUSE_IOTLB_DEREG_UMEM, "VDUSE_IOTLB_DEREG_UMEM", 0, parse_size(size)?),
+            ("dereg", [size]) => {
+                self.umem_ioctl(VDUSE_IOTLB_DEREG_UMEM, "VDUSE_IOTLB_DEREG_UMEM", 0, parse_size(size)?)
+            }
             ("close", []) => {
                 let device = self.device.take().ok_or("no device: send `create <name>` first")?;
                 device.stop.store(true, Ordering::Relaxed);

@@ -15,6 +15,10 @@
 //! - `close`: close the group and the container, releasing every map.
 //! - `memlock <size>`: set this process's RLIMIT_MEMLOCK (soft and hard) to
 //!   `size`, so an unprivileged map beyond it fails in the kernel's check.
+//! - `claim <size> <rounds> <report>`: map `size` of an unbacked range (it
+//!   must fail), timed (`super::time_claim`).
+//! - `map-threads <n> <size> <report>`: `n` threads map `size` of fresh
+//!   memory at once (`mapped M refused R` in `<report>`); `close` unmaps.
 //! - `race <attempts> <small> <large> <report>`: the double-fetch attack on
 //!   the refusal point. A thread flips the `size` of one MAP_DMA request
 //!   between `small` and `large` while this thread maps it at iova 0
@@ -133,6 +137,11 @@ impl Vfio {
                 Ok(())
             }
             ("memlock", [size]) => memlock(parse_size(size)?),
+            ("claim", args) => super::time_claim(args, |range, size| self.map(0, range, size)),
+            ("map-threads", [n, size, report]) => {
+                let n: u64 = n.parse().map_err(|_| format!("bad count {n:?}"))?;
+                self.map_threads(n, parse_size(size)?, report)
+            }
             ("race", [attempts, small, large, report]) => {
                 let attempts = attempts.parse().map_err(|_| format!("bad count {attempts:?}"))?;
                 self.race(attempts, parse_size(small)?, parse_size(large)?, report)
@@ -157,12 +166,22 @@ impl Vfio {
 
         let group = open(group_path)?;
         let mut status = GroupStatus { argsz: argsz::<GroupStatus>(), flags: 0 };
-        ioctl(&group, VFIO_GROUP_GET_STATUS, &mut status as *mut GroupStatus as libc::c_ulong, "VFIO_GROUP_GET_STATUS")?;
+        ioctl(
+            &group,
+            VFIO_GROUP_GET_STATUS,
+            &mut status as *mut GroupStatus as libc::c_ulong,
+            "VFIO_GROUP_GET_STATUS",
+        )?;
         if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
             return Err(format!("{group_path} is not viable: a device in it is not bound to vfio"));
         }
         let container_fd: libc::c_int = container.as_raw_fd();
-        ioctl(&group, VFIO_GROUP_SET_CONTAINER, &container_fd as *const libc::c_int as libc::c_ulong, "VFIO_GROUP_SET_CONTAINER")?;
+        ioctl(
+            &group,
+            VFIO_GROUP_SET_CONTAINER,
+            &container_fd as *const libc::c_int as libc::c_ulong,
+            "VFIO_GROUP_SET_CONTAINER",
+        )?;
         ioctl(&container, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU, "VFIO_SET_IOMMU")?;
 
         self.container = Some(container);
@@ -173,6 +192,15 @@ impl Vfio {
     /// Map `size` bytes at `vaddr`, memory that stays mapped in this
     /// process (like the workload's other buffers) whatever the kernel
     /// answers.
+    /// Map `size` bytes at `addr` to `iova` and unmap them, `rounds` times.
+    pub fn churn(&self, iova: u64, addr: usize, size: usize, rounds: u64) -> Result<(), String> {
+        for _ in 0..rounds {
+            self.map(iova, addr as *mut libc::c_void, size)?;
+            self.unmap(iova, size)?;
+        }
+        Ok(())
+    }
+
     fn map(&self, iova: u64, vaddr: *mut libc::c_void, size: usize) -> Result<(), String> {
         let container = self.container()?;
         let map = DmaMap {
@@ -205,24 +233,48 @@ impl Vfio {
         Ok(unmap.size)
     }
 
-    /// `race`: see the module documentation.
+    /// `race`: see the module documentation. The request sits alone in a
+    /// shared page whose mapping is dropped (MADV_DONTNEED keeps shmem's
+    /// content) before each attempt: the refusal point's read faults it in,
+    /// which lets the flipping thread (on the other CPU) change `size`
+    /// before the kernel's own read far more often than a hot page would.
     fn race(&self, attempts: u64, small: usize, large: usize, report: &str) -> Result<(), String> {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let container = self.container()?;
         let vaddr = reusable_memory(large)? as u64;
         let (small, large) = (small as u64, large as u64);
-        // The request both threads see; `size` changes under the kernel's feet.
-        let map = RacedDmaMap {
-            argsz: argsz::<DmaMap>(),
-            flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-            vaddr,
-            iova: 0,
-            size: AtomicU64::new(small),
+        let page = 4096; // x86_64, where the guests run
+                         // SAFETY: a fresh shared anonymous page, used only as `RacedDmaMap`.
+        let shared = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
+        if shared == libc::MAP_FAILED {
+            return Err(super::os_error("mmap(MAP_SHARED)"));
+        }
+        let request = shared.cast::<RacedDmaMap>();
+        // SAFETY: the page is writable, page-aligned and larger than the struct.
+        unsafe {
+            request.write(RacedDmaMap {
+                argsz: argsz::<DmaMap>(),
+                flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+                vaddr,
+                iova: 0,
+                size: AtomicU64::new(small),
+            })
+        };
+        // SAFETY: the page stays mapped until the end of this function.
+        let map = unsafe { &*request };
         let size = &map.size;
         let stop = AtomicBool::new(false);
         let (mut refused, mut mapped_small, mut mapped_large) = (0u64, 0u64, 0u64);
-        std::thread::scope(|s| {
+        let outcome = std::thread::scope(|s| {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
                     size.store(large, Ordering::Relaxed);
@@ -230,7 +282,11 @@ impl Vfio {
                 }
             });
             let outcome = (1..=attempts).try_for_each(|attempt| {
-                let arg = &map as *const RacedDmaMap as libc::c_ulong;
+                // SAFETY: advice on the page mapped above; shmem keeps its content.
+                if unsafe { libc::madvise(shared, page, libc::MADV_DONTNEED) } != 0 {
+                    return Err(super::os_error("madvise(MADV_DONTNEED)"));
+                }
+                let arg = request as libc::c_ulong;
                 match ioctl(container, VFIO_IOMMU_MAP_DMA, arg, "VFIO_IOMMU_MAP_DMA") {
                     Ok(_) => match self.unmap_within(0, large as usize)? {
                         n if n == small => mapped_small += 1,
@@ -245,7 +301,38 @@ impl Vfio {
             });
             stop.store(true, Ordering::Relaxed);
             outcome
-        })
+        });
+        // SAFETY: the flipping thread has ended; nothing refers to the page.
+        unsafe { libc::munmap(shared, page) };
+        outcome
+    }
+
+    /// `map-threads <n> <size> <report>`: `n` threads map `size` of fresh
+    /// memory each, at iovas of their own, released together; `<report>`
+    /// says `mapped M refused R`.
+    fn map_threads(&self, n: u64, size: usize, report: &str) -> Result<(), String> {
+        let memory = (0..n).map(|_| anonymous_memory(size).map(|p| p as usize)).collect::<Result<Vec<_>, _>>()?;
+        let start = std::sync::Barrier::new(n as usize);
+        let outcomes: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let threads: Vec<_> = memory
+                .iter()
+                .enumerate()
+                .map(|(i, vaddr)| {
+                    let start = &start;
+                    s.spawn(move || {
+                        start.wait();
+                        self.map(((i as u64) + 1) << 32, *vaddr as *mut libc::c_void, size)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap_or_else(|_| Err("a mapping thread panicked".into()))).collect()
+        });
+        let mapped = outcomes.iter().filter(|o| o.is_ok()).count();
+        let refused = outcomes.iter().filter(|o| matches!(o, Err(e) if e.contains("Cannot allocate memory"))).count();
+        if let Some(Err(e)) = outcomes.iter().find(|o| matches!(o, Err(e) if !e.contains("Cannot allocate memory"))) {
+            return Err(e.clone());
+        }
+        std::fs::write(report, format!("mapped {mapped} refused {refused}\n")).map_err(|e| format!("{report}: {e}"))
     }
 
     fn container(&self) -> Result<&OwnedFd, String> {
@@ -261,6 +348,6 @@ impl super::Pinner for Vfio {
     /// The group fd: whoever holds it keeps the group attached to the
     /// container, and so the mappings alive; its last close unmaps them.
     fn pinning_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.group.as_ref().map(|fd| std::os::fd::AsRawFd::as_raw_fd(fd))
+        self.group.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
     }
 }

@@ -45,35 +45,38 @@ impl super::Pinner for Xdp {
             }
             ("umem", [size]) => {
                 let len = parse_size(size)?;
-                let reg = UmemReg {
-                    addr: anonymous_memory(len)? as u64,
-                    len: len as u64,
-                    chunk_size: 4096,
-                    headroom: 0,
-                    flags: 0,
-                    tx_metadata_len: 0,
-                };
-                let fd = self.socket.as_ref().ok_or("no socket: send `socket` first")?.as_raw_fd();
-                // SAFETY: `reg` is a live, correctly laid out xdp_umem_reg.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        fd,
-                        SOL_XDP,
-                        XDP_UMEM_REG,
-                        (&reg as *const UmemReg).cast(),
-                        std::mem::size_of::<UmemReg>() as u32,
-                    )
-                };
-                if rc < 0 {
-                    return Err(os_error("setsockopt(XDP_UMEM_REG)"));
-                }
-                Ok(())
+                self.register(anonymous_memory(len)?, len)
             }
+            // `claim <size> <rounds> <report>`: see `super::time_claim`.
+            ("claim", args) => super::time_claim(args, |range, len| self.register(range, len)),
             ("close", []) => {
                 self.socket = None;
                 Ok(())
             }
             _ => Err(format!("unknown xdp command {command:?} {args:?}")),
         }
+    }
+}
+
+impl Xdp {
+    /// XDP_UMEM_REG of `len` bytes at `addr`.
+    fn register(&self, addr: *mut libc::c_void, len: usize) -> Result<(), String> {
+        let reg =
+            UmemReg { addr: addr as u64, len: len as u64, chunk_size: 4096, headroom: 0, flags: 0, tx_metadata_len: 0 };
+        let fd = self.socket.as_ref().ok_or("no socket: send `socket` first")?.as_raw_fd();
+        // SAFETY: `reg` is a live, correctly laid out xdp_umem_reg.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                SOL_XDP,
+                XDP_UMEM_REG,
+                (&reg as *const UmemReg).cast(),
+                std::mem::size_of::<UmemReg>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(os_error("setsockopt(XDP_UMEM_REG)"));
+        }
+        Ok(())
     }
 }
