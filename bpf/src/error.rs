@@ -43,6 +43,8 @@ pub enum Error {
     Pinned { path: PathBuf, source: libbpf_rs::Error },
     #[error("no pincg ledger pinned at {path}: start the agent with `pincg agent`")]
     NotRunning { path: PathBuf },
+    #[error("reading map {map} through its iterator read_{map}")]
+    Reader { map: &'static str, source: libbpf_rs::Error },
     #[error("map {map}: entry of {found} bytes, expected {expected}")]
     EntrySize { map: &'static str, found: usize, expected: usize },
 }

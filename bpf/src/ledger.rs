@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 use std::mem::size_of;
-
-use std::os::fd::AsFd;
+use std::sync::OnceLock;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use pincg_cgroup_spec::{Action, Events, Limit, PerSource, Source};
 
 use crate::paths::PinPaths;
+use crate::reader::Reader;
 use crate::skel::io_uring::types;
 use crate::Error;
 
@@ -99,6 +99,8 @@ pub struct Ledger {
     limits: MapHandle,
     settings: MapHandle,
     actions: MapHandle,
+    paths: PinPaths,
+    reader: OnceLock<Reader>,
 }
 
 impl Ledger {
@@ -122,13 +124,15 @@ impl Ledger {
             limits: open("limits")?,
             settings: open("settings")?,
             actions: open("actions")?,
+            paths: paths.clone(),
+            reader: OnceLock::new(),
         })
     }
 
     /// Usage of every cgroup that has an entry.
     pub fn usage(&self) -> Result<Vec<CgroupUsage>, Error> {
         let mut out = Vec::new();
-        for (key, value) in dump(&self.usage, "usage")? {
+        for (key, value) in self.reader()?.entries(&self.usage, "usage")? {
             let raw: types::cgroup_usage = decode("usage", &value)?;
             out.push(CgroupUsage {
                 cgroup: decode::<u64>("usage", &key)?,
@@ -145,7 +149,7 @@ impl Ledger {
     /// Every live pin object.
     pub fn objects(&self) -> Result<Vec<PinObject>, Error> {
         let mut out = Vec::new();
-        for (key, value) in dump(&self.objects, "objects")? {
+        for (key, value) in self.reader()?.entries(&self.objects, "objects")? {
             let k: types::pin_key = decode("objects", &key)?;
             let v: types::pin_object = decode("objects", &value)?;
             let Some(source) = Source::from_id(k.source.0) else { continue };
@@ -165,12 +169,11 @@ impl Ledger {
     }
 
     pub fn counters(&self) -> Result<Counters, Error> {
-        let slot = |i: u32| -> Result<u64, Error> {
-            match self.lookup(&self.counters, "counters", &i.to_ne_bytes())? {
-                Some(v) => decode("counters", &v),
-                None => Ok(0),
-            }
-        };
+        let mut slots = HashMap::new();
+        for (key, value) in self.reader()?.entries(&self.counters, "counters")? {
+            slots.insert(decode::<u32>("counters", &key)?, decode::<u64>("counters", &value)?);
+        }
+        let slot = |i: u32| -> Result<u64, Error> { Ok(slots.get(&i).copied().unwrap_or(0)) };
         Ok(Counters {
             ledger_full: slot(types::pincg_counter::PINCG_CNT_LEDGER_FULL.0)?,
             usage_full: slot(types::pincg_counter::PINCG_CNT_USAGE_FULL.0)?,
@@ -218,7 +221,7 @@ impl Ledger {
     /// Every limit in force, by cgroup id.
     pub fn limits(&self) -> Result<HashMap<u64, CgroupLimit>, Error> {
         let mut out = HashMap::new();
-        for (key, value) in dump(&self.limits, "limits")? {
+        for (key, value) in self.reader()?.entries(&self.limits, "limits")? {
             let raw: types::cgroup_limit = decode("limits", &value)?;
             let limit = |b: u64| if b == u64::MAX { Limit::Max } else { Limit::Bytes(b) };
             let action = match raw.action.0 {
@@ -256,25 +259,23 @@ impl Ledger {
 
     /// Refusals and overruns, per source.
     pub fn actions(&self) -> Result<Vec<(Source, SourceActions)>, Error> {
-        Source::ALL
+        let mut found = HashMap::new();
+        for (key, value) in self.reader()?.entries(&self.actions, "actions")? {
+            found.insert(decode::<u32>("actions", &key)?, decode::<types::source_actions>("actions", &value)?);
+        }
+        Ok(Source::ALL
             .iter()
             .map(|s| {
-                let raw: types::source_actions =
-                    match self.lookup(&self.actions, "actions", &(*s as u32).to_ne_bytes())? {
-                        Some(v) => decode("actions", &v)?,
-                        None => types::source_actions::default(),
-                    };
-                Ok((
-                    *s,
-                    SourceActions {
-                        refused: raw.refused,
-                        would_refuse: raw.would_refuse,
-                        overruns: raw.overruns,
-                        killed: raw.killed,
-                    },
-                ))
+                let raw = found.get(&(*s as u32)).copied().unwrap_or_default();
+                let actions = SourceActions {
+                    refused: raw.refused,
+                    would_refuse: raw.would_refuse,
+                    overruns: raw.overruns,
+                    killed: raw.killed,
+                };
+                (*s, actions)
             })
-            .collect()
+            .collect())
     }
 
     /// Drop the usage entry of a cgroup that no longer exists and has
@@ -289,6 +290,16 @@ impl Ledger {
         delete(&self.limits, "limits", cgroup)
     }
 
+    /// The iterators that read maps whole, loaded on first use (writers
+    /// such as `pincg set` never need them).
+    fn reader(&self) -> Result<&Reader, Error> {
+        if let Some(reader) = self.reader.get() {
+            return Ok(reader);
+        }
+        let reader = Reader::load(&self.paths)?;
+        Ok(self.reader.get_or_init(|| reader))
+    }
+
     fn lookup(&self, map: &MapHandle, name: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         map.lookup(key, MapFlags::ANY).map_err(|source| Error::Pinned { path: name.into(), source })
     }
@@ -301,81 +312,6 @@ fn delete(map: &MapHandle, name: &'static str, cgroup: u64) -> Result<(), Error>
         Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => Err(Error::Pinned { path: name.into(), source: e }),
         _ => Ok(()),
     }
-}
-
-/// A map's entries as raw (key, value) bytes.
-type Entries = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// Every (key, value) of a hash map, read in batches (a few syscalls for
-/// 100,000 entries instead of two per entry). Kernels without batch
-/// operations fall back to walking the keys.
-fn dump(map: &MapHandle, name: &'static str) -> Result<Entries, Error> {
-    use std::os::fd::AsRawFd;
-    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
-    let mut count: u32 = 4096;
-    let mut out = Vec::new();
-    // The batch token is opaque (a bucket index for hash maps); 8 bytes
-    // or a key, whichever is larger, holds it.
-    let token_size = key_size.max(8);
-    let (mut token_in, mut token_out) = (vec![0u8; token_size], vec![0u8; token_size]);
-    let mut first = true;
-    loop {
-        let mut keys = vec![0u8; key_size * count as usize];
-        let mut values = vec![0u8; value_size * count as usize];
-        let mut n = count;
-        let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
-            sz: size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
-            ..Default::default()
-        };
-        // SAFETY: every buffer is sized for `count` entries or one token.
-        let ret = unsafe {
-            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
-                map.as_fd().as_raw_fd(),
-                if first { std::ptr::null_mut() } else { token_in.as_mut_ptr().cast() },
-                token_out.as_mut_ptr().cast(),
-                keys.as_mut_ptr().cast(),
-                values.as_mut_ptr().cast(),
-                &mut n,
-                &opts,
-            )
-        };
-        let errno = if ret < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(0) } else { 0 };
-        match errno {
-            0 | libc::ENOENT => {
-                for i in 0..n as usize {
-                    out.push((
-                        keys[i * key_size..(i + 1) * key_size].to_vec(),
-                        values[i * value_size..(i + 1) * value_size].to_vec(),
-                    ));
-                }
-                if errno == libc::ENOENT {
-                    return Ok(out);
-                }
-                token_in.copy_from_slice(&token_out);
-                first = false;
-            }
-            // A bucket holds more entries than one batch: retry larger.
-            libc::ENOSPC => count *= 2,
-            // 524 is the kernel-internal ENOTSUPP some kernels leak.
-            libc::EINVAL | libc::EOPNOTSUPP | 524 if first => return dump_by_keys(map, name),
-            e => {
-                let source = libbpf_rs::Error::from(std::io::Error::from_raw_os_error(e));
-                return Err(Error::Pinned { path: name.into(), source });
-            }
-        }
-    }
-}
-
-fn dump_by_keys(map: &MapHandle, name: &'static str) -> Result<Entries, Error> {
-    let mut out = Vec::new();
-    for key in map.keys() {
-        if let Some(value) =
-            map.lookup(&key, MapFlags::ANY).map_err(|source| Error::Pinned { path: name.into(), source })?
-        {
-            out.push((key, value));
-        }
-    }
-    Ok(out)
 }
 
 /// The bytes of a plain-old-data value, to write into a map.

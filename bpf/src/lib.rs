@@ -7,7 +7,7 @@
 //!   programs of another build keeping the ledger.
 //! * [`layout`] says whether a map in the kernel has this build's layout.
 //! * [`ledger`] reads the pinned maps: per-cgroup usage, live pin objects
-//!   and health counters.
+//!   and health counters (whole maps through the iterators of `reader`).
 //! * [`prog_stats`] reads how often the kernel skipped pincg's programs.
 
 pub mod btf;
@@ -20,6 +20,7 @@ mod modules;
 pub mod paths;
 pub mod preflight;
 pub mod prog_stats;
+mod reader;
 mod running;
 mod skel;
 

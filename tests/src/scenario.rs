@@ -499,6 +499,51 @@ pub fn expect_metric(line: &str) -> Result<()> {
     })
 }
 
+/// Threads that read the whole ledger (objects, usage, limits, counters:
+/// what an agent round and `pincg status` read) in a loop until dropped, the
+/// way busy scrapers and operators do: a reader must never make the kernel
+/// skip a charge or a release (see bpf/src/reader.rs).
+pub struct LedgerReaders {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<u64>>>,
+}
+
+impl LedgerReaders {
+    pub fn start(threads: usize) -> Result<LedgerReaders> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let paths = pincg_bpf::paths::PinPaths::new(pincg_bpf::paths::DEFAULT_PIN_ROOT, CGROUP_ROOT);
+                    let ledger = pincg_bpf::ledger::Ledger::open(&paths)?;
+                    let mut reads = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        ledger.objects()?;
+                        ledger.usage()?;
+                        ledger.limits()?;
+                        ledger.counters()?;
+                        reads += 1;
+                    }
+                    Ok(reads)
+                })
+            })
+            .collect();
+        Ok(LedgerReaders { stop, threads })
+    }
+
+    /// Stop the readers; how many whole reads they made.
+    pub fn stop(mut self) -> Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut reads = 0;
+        for thread in self.threads.drain(..) {
+            reads += thread.join().map_err(|_| anyhow::anyhow!("a ledger reader panicked"))??;
+        }
+        println!("   ledger readers: {reads} whole reads of the ledger meanwhile");
+        Ok(reads)
+    }
+}
+
 /// Run `pincg <args>` and return its stdout; it must succeed.
 pub fn pincg(args: &[&str]) -> Result<String> {
     let out = Command::new(sibling_binary("pincg")?).args(args).output()?;

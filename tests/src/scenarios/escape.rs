@@ -9,7 +9,8 @@ use anyhow::{ensure, Context, Result};
 
 use crate::devices::vfio_edu_group;
 use crate::scenario::{
-    expect_hook, expect_no_drift, http_get, ledger_event_count, pincg, step, wait_for, Agent, Cgroup, Workload,
+    expect_hook, expect_no_drift, http_get, ledger_event_count, pincg, step, wait_for, Agent, Cgroup, LedgerReaders,
+    Workload,
 };
 
 const MIB: u64 = 1 << 20;
@@ -35,9 +36,11 @@ pub fn run() -> Result<()> {
     w.run("threads 4 4M")?;
     a.expect_current(32 * MIB)?;
 
-    step("threads: 32 threads register 8 MiB each at once: all charged, no probe hit dropped");
+    step("threads: 32 threads register 8 MiB each at once, two readers reading the ledger: all charged");
     let missed_before = ledger_event_count("probe_missed")?;
+    let readers = LedgerReaders::start(2)?;
     w.run("threads 32 8M")?;
+    readers.stop()?;
     let missed = ledger_event_count("probe_missed")? - missed_before;
     println!("   probe_missed +{missed} (the kernel dropped that many probe hits)");
     ensure!(missed == 0, "the kernel's probes missed {missed} hits: pins went uncharged");
@@ -62,13 +65,16 @@ pub fn run() -> Result<()> {
     std::thread::sleep(std::time::Duration::from_millis(500));
     a.expect_current(272 * MIB)?;
     b.expect_current(8 * MIB)?;
-    // A release the kernel skipped (a program or probe miss) would leave
-    // a charge behind: the counts say which, should it happen.
+    // Teardown (the kworker releasing every buffer) while the ledger is
+    // read: a release the kernel skipped (a program or probe miss) would
+    // leave a charge behind; the counts say which, should it happen.
     let misses =
         || -> Result<(u64, u64)> { Ok((ledger_event_count("program_skipped")?, ledger_event_count("probe_missed")?)) };
     let before = misses()?;
+    let readers = LedgerReaders::start(2)?;
     drop(w);
     let released = a.expect_current(0);
+    readers.stop()?;
     let after = misses()?;
     println!(
         "   at teardown: program_skipped +{}, probe_missed +{} (kretprobe instances or recursion)",
