@@ -71,6 +71,14 @@ impl Reader {
         if bytes.len() % record != 0 {
             return Err(Error::EntrySize { map: name, found: bytes.len() % record, expected: record });
         }
-        Ok(bytes.chunks_exact(record).map(|r| (r[..key_size].to_vec(), r[key_size..].to_vec())).collect())
+        // A hash map's iterator resumes each read(2) at (bucket, position
+        // in it): an entry added or removed meanwhile in that bucket can
+        // show an entry twice. The first copy is kept.
+        let mut seen = std::collections::HashSet::new();
+        Ok(bytes
+            .chunks_exact(record)
+            .filter(|r| seen.insert(&r[..key_size]))
+            .map(|r| (r[..key_size].to_vec(), r[key_size..].to_vec()))
+            .collect())
     }
 }

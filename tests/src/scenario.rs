@@ -211,8 +211,9 @@ impl Agent {
             if let Some(status) = agent.child.try_wait()? {
                 bail!("pincg agent exited with {status}:\n{}", agent.log_text());
             }
-            // Loading every program takes seconds under emulation on a busy host.
-            let budget = view.startup_budget().unwrap_or(3 * SETTLE);
+            // Loading and verifying every program takes seconds under
+            // emulation, tens of seconds on a busy host.
+            let budget = view.startup_budget().unwrap_or(6 * SETTLE);
             ensure!(start.elapsed() < budget, "pincg agent not ready after {budget:?}:\n{}", agent.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -25,15 +25,20 @@ fn scenario_on_own_series(name: &str, pinned: Pinned, guest: Guest) {
 }
 
 /// Scenario `name`, whose subject is userspace (an HTTP scraper, a
-/// container runtime, a deployment recipe) and whose pin paths other
-/// scenarios cover on every series: in the first pass of a `PINCG_KERNELS`
-/// matrix only. `before` runs first when it does run (fetching a runtime).
+/// container runtime, a deployment recipe, the agent's privileges, its
+/// mirror files, the config file, the ledger's own bookkeeping) and whose
+/// pin paths other scenarios cover on every series: in the first pass of a
+/// `PINCG_KERNELS` matrix only, which keeps the matrix within CI's time.
+/// `before` runs first when it does run (fetching a runtime).
 fn scenario_in_first_pass(name: &str, guest: Guest, before: fn()) {
     if guest.own_series_skip(name, Pinned::Only).is_none() {
         before();
         scenario(name, guest);
     }
 }
+
+/// For a scenario that needs nothing fetched first.
+fn no_setup() {}
 
 #[test]
 fn io_uring_end_to_end() {
@@ -124,7 +129,7 @@ fn memlock_unlimited_is_held_to_the_vms_budget() {
 
 #[test]
 fn node_budget_and_modes_from_the_config_file() {
-    scenario("node-budget", Guest { vfio: true, ..Guest::default() });
+    scenario_in_first_pass("node-budget", Guest { vfio: true, ..Guest::default() }, no_setup);
 }
 
 #[test]
@@ -180,7 +185,7 @@ fn sigkill_mid_storm_loses_nothing() {
 
 #[test]
 fn hostile_tenant_cannot_escape() {
-    scenario("hostile", Guest::default());
+    scenario_in_first_pass("hostile", Guest::default(), no_setup);
 }
 
 #[test]
@@ -190,7 +195,7 @@ fn hostile_tenant_cannot_escape_by_fork_exec_threads_move_or_race() {
 
 #[test]
 fn full_ledger_fails_open_counted_and_event_floods_survive() {
-    scenario("exhaustion", Guest { vfio: true, ..Guest::default() });
+    scenario_in_first_pass("exhaustion", Guest { vfio: true, ..Guest::default() }, no_setup);
 }
 
 #[test]
@@ -207,21 +212,21 @@ fn pins_from_before_the_agent_are_reported() {
 /// delegated user cgroups, a libvirt-written budget and a non-root QEMU.
 #[test]
 fn the_systemd_unit_as_shipped() {
-    scenario("shipped-unit", Guest { vfio: true, ..Guest::default() });
+    scenario_in_first_pass("shipped-unit", Guest { vfio: true, ..Guest::default() }, no_setup);
 }
 
 /// The same under the DaemonSet's pod: its capabilities, namespaces,
 /// volumes and read-only root.
 #[test]
 fn the_daemonset_pod_as_shipped() {
-    scenario("shipped-pod", Guest { vfio: true, ..Guest::default() });
+    scenario_in_first_pass("shipped-pod", Guest { vfio: true, ..Guest::default() }, no_setup);
 }
 
 /// status, top, explain, probe and --json with a wrong --cgroup-root leave
 /// every map and mirror file as it was; the limit in force still refuses.
 #[test]
 fn reads_never_write() {
-    scenario("reads-never-write", Guest::default());
+    scenario_in_first_pass("reads-never-write", Guest::default(), no_setup);
 }
 
 /// A cgroup delegated to uid 1000 under the unit's capabilities: the
@@ -229,7 +234,7 @@ fn reads_never_write() {
 /// empty /run/pincg that keeps the limits in force.
 #[test]
 fn delegation_under_the_units_capabilities() {
-    scenario("delegation", Guest::default());
+    scenario_in_first_pass("delegation", Guest::default(), no_setup);
 }
 
 /// Debian's default lsm= list without bpf: probe and the enforcement
