@@ -43,6 +43,8 @@ pub enum Error {
     Pinned { path: PathBuf, source: libbpf_rs::Error },
     #[error("no pincg ledger pinned at {path}: start the agent with `pincg agent`")]
     NotRunning { path: PathBuf },
+    #[error("loading the ledger's reader (BPF map iterators: reading the ledger needs CAP_BPF and CAP_PERFMON)")]
+    ReaderLoad { source: libbpf_rs::Error },
     #[error("reading map {map} through its iterator read_{map}")]
     Reader { map: &'static str, source: libbpf_rs::Error },
     #[error("map {map}: entry of {found} bytes, expected {expected}")]

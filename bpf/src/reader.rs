@@ -31,7 +31,7 @@ impl Reader {
     /// Load the iterators on the pinned maps under `paths` (they must all
     /// exist: the reader never creates a ledger map).
     pub(crate) fn load(paths: &PinPaths) -> Result<Reader, Error> {
-        let object_error = |source| Error::Object { object: OBJECT, source };
+        let object_error = |source| Error::ReaderLoad { source };
         let mut open = crate::loader::open_object(OBJECT).map_err(object_error)?;
         let mut pinned = Vec::new();
         for mut map in open.maps_mut() {
