@@ -74,11 +74,6 @@ done
 [[ "$TIMEOUT" =~ ^[0-9]+$ && "$TIMEOUT" -gt 0 ]] || usage "--timeout must be a positive integer (seconds)"
 [[ "$SMP" =~ ^[0-9]+$ && "$SMP" -gt 0 ]] || usage "--smp must be a positive integer"
 
-# One guest at a time on this machine, across processes and work trees: two
-# TCG guests on 2 cores only slow each other down and blur timings.
-exec 9> "${PINCG_GUEST_LOCK:-/tmp/pincg-guest.lock}"
-flock 9
-
 QEMU=${PINCG_QEMU:-qemu-system-x86_64}
 command -v "$QEMU" >/dev/null || die "$QEMU not found (run tests/guest/install-deps.sh)"
 command -v timeout >/dev/null || die "timeout (coreutils) not found"
@@ -104,8 +99,18 @@ if [[ "$KERNEL" == */root/* ]]; then
 else
   INITRD=${PINCG_CACHE:-/var/cache/pincg}/kernels/$KVER/initramfs.cpio.gz
 fi
-"$HERE/build-initramfs.sh" "$MODROOT" "$KVER" "$INITRD" 2>"$INITRD.log" \
+# Two guests of one series may start at once (the lock below is taken
+# later): one builds the initramfs, the other waits for it.
+flock "$INITRD.lock" "$HERE/build-initramfs.sh" "$MODROOT" "$KVER" "$INITRD" 2>"$INITRD.log" \
   || { cat "$INITRD.log" >&2; die "build-initramfs.sh failed for $KVER"; }
+
+# One guest at a time on this machine, across processes and work trees: two
+# TCG guests on 2 cores only slow each other down and blur timings. Taken
+# after the kernel is there, so that a guest waiting for a kernel build
+# (tests/run-tests.sh starts the iommufd one in the background) does not
+# hold up the others.
+exec 9> "${PINCG_GUEST_LOCK:-/tmp/pincg-guest.lock}"
+flock 9
 
 # --- work dir and the command script ------------------------------------------------------
 mkdir -p "$OUT" || die "cannot create --out dir $OUT"

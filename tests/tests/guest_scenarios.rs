@@ -82,7 +82,7 @@ fn vfio_type1_end_to_end() {
 
 #[test]
 fn owner_not_current_after_fd_handover() {
-    scenario("owner-not-current", Guest { vfio: true, ..Guest::default() });
+    scenario_in_first_pass("owner-not-current", Guest { vfio: true, ..Guest::default() }, no_setup);
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn full_ledger_fails_open_counted_and_event_floods_survive() {
 
 #[test]
 fn removed_cgroups_and_modules_leak_nothing() {
-    scenario("lifecycle", Guest { vfio: true, ..Guest::default() });
+    scenario_in_first_pass("lifecycle", Guest { vfio: true, ..Guest::default() }, no_setup);
 }
 
 #[test]
@@ -243,17 +243,20 @@ fn delegation_under_the_units_capabilities() {
 fn probe_and_metrics_say_when_the_bpf_lsm_is_inactive() {
     let guest =
         Guest { vfio: true, append: "lsm=landlock,lockdown,yama,integrity,apparmor".into(), ..Guest::default() };
-    scenario("lsm-inactive", guest);
+    scenario_in_first_pass("lsm-inactive", guest, no_setup);
 }
 
 #[test]
 fn upgrade_keeps_the_ledger() {
-    // Builds B and C (tests/run-tests.sh makes them before the suite; a no-op then).
-    let runner = env!("CARGO_BIN_EXE_pincg-scenario");
-    pincg_tests::builds::build_next_to(std::path::Path::new(runner)).expect("building pincg builds B and C");
     // One CPU: the scenario registers buffers in a loop while build B
     // attaches to the functions that loop runs (see Guest::cpus).
-    scenario("upgrade", Guest { vfio: true, cpus: Some(1), ..Guest::default() });
+    scenario_in_first_pass("upgrade", Guest { vfio: true, cpus: Some(1), ..Guest::default() }, upgrade_builds);
+}
+
+/// Builds B and C (tests/run-tests.sh makes them before the suite; a no-op then).
+fn upgrade_builds() {
+    let runner = env!("CARGO_BIN_EXE_pincg-scenario");
+    pincg_tests::builds::build_next_to(std::path::Path::new(runner)).expect("building pincg builds B and C");
 }
 
 /// Every program's verified instructions within its budget for this

@@ -171,7 +171,7 @@ pub fn run() -> Result<()> {
     // The node policy now follows memory limits; KubeVirt's VM memory is
     // the pod's memory limit too, with the same overhead.
     let config = "mode = \"enforce\"\n[nri]\nenable = true\npod_default = \"none\"\noverhead = \"16M\"\n";
-    let _agent = Agent::start_as(&View::pod_configured(Some(config))?, &[])?;
+    let synced = Agent::start_as(&View::pod_configured(Some(config))?, &[])?;
     expect_metric("pincg_nri_connected 1")?;
     wait_for("the VM pod's budget from its memory limit", || {
         let got = limit_in_kernel(&launcher.cgroup_parent()).ok().flatten();
@@ -186,6 +186,17 @@ pub fn run() -> Result<()> {
         "no limit series of vms/virt-launcher-vm-b with vm=\"vm-b\":\n{metrics}"
     );
     println!("   ok pincg_limit_bytes of the VM pod carries namespace, pod and vm from NRI");
+
+    step("node policy \"memory-limit\" with 16M overhead: a pod without annotation gets its 96 MiB limit + 16 MiB");
+    synced.kill()?;
+    let config = "mode = \"enforce\"\n[nri]\nenable = true\npod_default = \"memory-limit\"\noverhead = \"16M\"\n";
+    let _agent = Agent::start_as(&View::pod_configured(Some(config))?, &[])?;
+    expect_metric("pincg_nri_connected 1")?;
+    wait_for("the late pod's budget from its memory limit", || {
+        let got = limit_in_kernel(&late.cgroup_parent()).ok().flatten();
+        (got == Some(((112 * MIB).to_string(), "alert".into())), format!("{got:?}"))
+    })?;
+    expect_limit(&cgroup, Some(("33554432", "kill")))?;
     drop(containerd);
     Ok(())
 }
