@@ -25,6 +25,10 @@ tests/guest/install-deps.sh
 mkdir -p target
 setsid nice -n 19 tests/guest/build-kernel.sh iommufd > target/iommufd-kernel.log 2>&1 &
 kernel_build=$!
+# setsid puts it in a session of its own, which the scheduler's autogroups
+# (sched_autogroup_enabled) would weigh equally with this one: lower the
+# group too.
+echo 19 > "/proc/$kernel_build/autogroup" 2> /dev/null || true
 trap 'kill -- -"$kernel_build" 2> /dev/null || true' EXIT
 cargo build --workspace --bins
 # The upgrade scenario's builds B and C (BPF objects changed), in target/upgrade-builds.
