@@ -23,12 +23,12 @@ tests/guest/install-deps.sh
 # cores busy); the iommufd scenario waits for it under the build's own lock,
 # not the guest lock, so the other scenarios go on meanwhile.
 mkdir -p target
-setsid nice -n 19 tests/guest/build-kernel.sh iommufd > target/iommufd-kernel.log 2>&1 &
+# setsid gives it a session (a process group to kill at exit), and so an
+# autogroup of its own that the scheduler would weigh equally with this
+# one (sched_autogroup_enabled): the build lowers its group's nice too.
+setsid sh -c 'echo 19 > /proc/self/autogroup 2> /dev/null; exec nice -n 19 tests/guest/build-kernel.sh iommufd' \
+  > target/iommufd-kernel.log 2>&1 &
 kernel_build=$!
-# setsid puts it in a session of its own, which the scheduler's autogroups
-# (sched_autogroup_enabled) would weigh equally with this one: lower the
-# group too.
-echo 19 > "/proc/$kernel_build/autogroup" 2> /dev/null || true
 trap 'kill -- -"$kernel_build" 2> /dev/null || true' EXIT
 cargo build --workspace --bins
 # The upgrade scenario's builds B and C (BPF objects changed), in target/upgrade-builds.
