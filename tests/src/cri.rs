@@ -240,6 +240,8 @@ fn status_error(call: &str, s: tonic::Status) -> anyhow::Error {
 }
 
 async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>> {
+    // Not a download: tonic wants a URI for every endpoint, and this one is
+    // never dialled; the connector below opens the containerd unix socket.
     let channel = Endpoint::try_from("http://[::]:0")?
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
