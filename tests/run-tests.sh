@@ -77,7 +77,7 @@ if [[ -s target/guest-results.txt ]]; then
   awk -F': ' '{
       split($1, name, " on "); series = name[2]; verdict = $2; sub(/ .*/, "", verdict)
       n[series, verdict]++; seen[series] = 1
-      if (match($2, / in [0-9.]+s$/)) secs[series] += substr($2, RSTART + 4, RLENGTH - 5)
+      if (match($0, / in [0-9.]+s$/)) secs[series] += substr($0, RSTART + 4, RLENGTH - 5)
     }
     END { for (s in seen) printf "kernel %s: %d passed, %d failed, %d skipped, %.0f s in guests\n",
                                  s, n[s, "passed"], n[s, "failed"], n[s, "skipped"], secs[s] }' \

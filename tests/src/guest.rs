@@ -99,7 +99,7 @@ impl Guest {
         let verdict = match run.status {
             0 => "passed".to_string(),
             124 => "failed (timeout)".to_string(),
-            s => format!("failed (status {s})"),
+            s => format!("failed (status {s}{})", failure_reason(&run.output)),
         };
         // run-guest.sh writes cmd.sh once it holds the machine-wide guest
         // lock: the time before that was spent waiting for other guests.
@@ -246,6 +246,18 @@ fn append_line(file: &str, line: &str) {
     }
 }
 
+/// Why a scenario failed, from its `scenario <name>: FAILED: <error>` line,
+/// shortened to one line (`: <error>`), so that the suite's summary, the
+/// last thing CI prints, says it; empty when the guest printed no verdict.
+fn failure_reason(output: &str) -> String {
+    const MOST: usize = 240;
+    let Some(error) = output.lines().find_map(|l| l.split_once(": FAILED: ").map(|(_, e)| e.trim())) else {
+        return String::new();
+    };
+    let cut = error.char_indices().nth(MOST).map_or(error.len(), |(i, _)| i);
+    format!(": {}{}", &error[..cut], if cut < error.len() { "..." } else { "" })
+}
+
 /// The steps a scenario skipped, from its output: `SKIPPED <what>: <why>`
 /// lines (`scenario::skip`), as (what, why).
 fn skipped_steps(output: &str) -> Vec<(&str, &str)> {
@@ -259,7 +271,16 @@ fn skipped_steps(output: &str) -> Vec<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::Pinned::{Extra, Only};
-    use super::{own_series_skip, skipped_steps};
+    use super::{failure_reason, own_series_skip, skipped_steps};
+
+    #[test]
+    fn a_failure_says_why_in_one_line() {
+        let output = "== step\n   ok x\nscenario nri: FAILED: pod p: no limit in the kernel: timed out\n";
+        assert_eq!(failure_reason(output), ": pod p: no limit in the kernel: timed out");
+        assert_eq!(failure_reason("the guest died\n"), "");
+        let long = format!("scenario x: FAILED: {}\n", "é".repeat(300));
+        assert_eq!(failure_reason(&long), format!(": {}...", "é".repeat(240)));
+    }
 
     #[test]
     fn skipped_steps_come_from_the_scenario_output() {
