@@ -1,7 +1,9 @@
 //! Docs a test keeps true: every statement of docs/limitations.md (a list
-//! item or a table row) names the tests that show it, `(tests: `a`, `b`)`,
-//! or says `(not tested: why)`; and every test it names exists, as a guest
-//! scenario (`pincg-scenario <name>`) or a Rust `#[test]` function.
+//! item, a table row or a paragraph, after the page's introduction) names
+//! the tests that show it, `(tests: `a`, `b`)`, or says `(not tested:
+//! why)`, or both; and every test it names, in every such group, exists, as
+//! a guest scenario (`pincg-scenario <name>`) or a Rust `#[test]` or
+//! `#[tokio::test]` function.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -16,16 +18,35 @@ struct Statement {
     text: String,
 }
 
-/// List items (`* `, `- `) with their continuation lines, and table rows
-/// other than header and separator rows.
+/// List items (`* `, `- `) with their continuation lines, table rows other
+/// than header and separator rows, and paragraphs after the first heading
+/// (the page's introduction before it says what the page is, not what
+/// pincg does). Fenced code blocks are not statements.
 fn statements(markdown: &str) -> Vec<Statement> {
     let mut out: Vec<Statement> = Vec::new();
     let mut in_item = false;
     let mut header_next = false;
+    let mut sections = 0;
+    let mut fenced = false;
     for (i, line) in markdown.lines().enumerate() {
         let trimmed = line.trim_start();
+        if trimmed.starts_with("```") {
+            fenced = !fenced;
+            in_item = false;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        if trimmed.starts_with("## ") {
+            sections += 1;
+        }
         if trimmed.starts_with("* ") || trimmed.starts_with("- ") {
             out.push(Statement { line: i + 1, text: trimmed[2..].to_string() });
+            in_item = true;
+        } else if !in_item && sections > 0 && !trimmed.is_empty() && !trimmed.starts_with(['#', '|']) {
+            // The first line of a paragraph; the lines after it continue it.
+            out.push(Statement { line: i + 1, text: trimmed.to_string() });
             in_item = true;
         } else if trimmed.starts_with('|') {
             in_item = false;
@@ -52,20 +73,22 @@ fn statements(markdown: &str) -> Vec<Statement> {
     out
 }
 
-/// The test names a statement gives in `(tests: `a`, `b`)`; `Err` if it has
-/// neither that nor `(not tested: …)`.
+/// The test names a statement gives in all its `(tests: `a`, `b`)`
+/// groups; `Err` if it has none and no `(not tested: …)` either.
 fn named_tests(statement: &str) -> Result<Vec<String>, String> {
-    if statement.contains("(not tested: ") {
-        return Ok(Vec::new());
+    let mut names = Vec::new();
+    let mut rest = statement;
+    while let Some(start) = rest.find("(tests: ") {
+        rest = &rest[start + "(tests: ".len()..];
+        let end = rest.find(')').ok_or("`(tests: ` is not closed")?;
+        names.extend(rest[..end].split(',').map(|n| n.trim().trim_matches('`').to_string()));
+        rest = &rest[end..];
     }
-    let Some(start) = statement.find("(tests: ") else {
-        return Err("names no test: add `(tests: `name`)` or `(not tested: why)`".into());
-    };
-    let rest = &statement[start + "(tests: ".len()..];
-    let end = rest.find(')').ok_or("`(tests: ` is not closed")?;
-    let names: Vec<String> = rest[..end].split(',').map(|n| n.trim().trim_matches('`').to_string()).collect();
     if names.iter().any(String::is_empty) {
         return Err("an empty test name".into());
+    }
+    if names.is_empty() && !statement.contains("(not tested: ") {
+        return Err("names no test: add `(tests: `name`)` or `(not tested: why)`".into());
     }
     Ok(names)
 }
@@ -87,10 +110,10 @@ fn known_tests(root: &Path) -> BTreeSet<String> {
                 let text = fs::read_to_string(&path).unwrap_or_default();
                 let mut after_test = false;
                 for line in text.lines().map(str::trim) {
-                    if line == "#[test]" {
+                    if line == "#[test]" || line == "#[tokio::test]" {
                         after_test = true;
-                    } else if after_test && line.starts_with("fn ") {
-                        known.extend(line[3..].split('(').next().map(String::from));
+                    } else if let Some(name) = after_test.then(|| test_fn_name(line)).flatten() {
+                        known.insert(name.to_string());
                         after_test = false;
                     }
                 }
@@ -98,6 +121,12 @@ fn known_tests(root: &Path) -> BTreeSet<String> {
         }
     }
     known
+}
+
+/// The name of the function `line` declares (`fn x(`, `async fn x(`).
+fn test_fn_name(line: &str) -> Option<&str> {
+    let signature = line.strip_prefix("async ").unwrap_or(line).strip_prefix("fn ")?;
+    signature.split(['(', '<']).next()
 }
 
 #[test]
@@ -122,10 +151,25 @@ fn every_limitation_names_a_test_that_exists() {
 
 #[test]
 fn statements_are_items_and_rows_without_headers() {
-    let md = "# T\n\nintro\n\n* one\n  two\n\n| a | b |\n|---|---|\n| c | d |\n";
+    let md = "# T\n\nintro\n\n## S\n\npara\ngraph\n\n```\ncode\n```\n* one\n  two\n\n| a | b |\n|---|---|\n| c | d |\n";
     let got = statements(md);
-    assert_eq!(got, [Statement { line: 5, text: "one two".into() }, Statement { line: 10, text: "| c | d |".into() }]);
+    assert_eq!(
+        got,
+        [
+            Statement { line: 7, text: "para graph".into() },
+            Statement { line: 13, text: "one two".into() },
+            Statement { line: 18, text: "| c | d |".into() }
+        ]
+    );
     assert_eq!(named_tests("x (tests: `vfio`, `a_b`)"), Ok(vec!["vfio".to_string(), "a_b".to_string()]));
     assert_eq!(named_tests("x (not tested: no device)"), Ok(vec![]));
+    assert_eq!(
+        named_tests("x (tests: `a`); y (not tested: why); z (tests: `b`)"),
+        Ok(vec!["a".to_string(), "b".to_string()]),
+        "every group is checked, also beside a (not tested: …)"
+    );
     assert!(named_tests("x").is_err());
+    assert_eq!(test_fn_name("async fn scrape() {"), Some("scrape"));
+    assert_eq!(test_fn_name("fn generic<T>() {"), Some("generic"));
+    assert_eq!(test_fn_name("let x = 1;"), None);
 }

@@ -51,7 +51,7 @@ fn agent_names_lockdown_on_a_confidentiality_kernel() {
     scenario("refuses-lockdown", guest);
 }
 
-/// The 6.13+ program variants (fexit register, io_free_rsrc_node release),
+/// The 6.13+ program variants (kprobe/kretprobe register, io_free_rsrc_node release),
 /// on Debian's newest 7.x kernel.
 #[test]
 fn io_uring_end_to_end_on_7x() {
