@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use crate::cri::{self, Containerd, Pod};
 use crate::devices::vfio_edu_group;
 use crate::scenario::{
-    expect_hook, expect_metric, io_uring_refused, pincg, sibling_binary, skip, step, wait_for, Agent, Cgroup,
+    expect_hook, expect_metric, io_uring_refused, pincg, sibling_binary, skip, step, wait_for, Agent, Cgroup, Workload,
 };
 use crate::shipped::View;
 
@@ -113,17 +113,27 @@ pub fn run() -> Result<()> {
     step("a pod without annotation gets the node default (64M); one that asks for more is refused and counted");
     let plain = Pod::new("tenant", "plain", "22222222-bbbb");
     let plain_sandbox = containerd.run_pod(&plain)?;
-    run_workload(&containerd, &plain, &plain_sandbox, "idle", "", &workload_dir)?;
+    let held = run_workload(&containerd, &plain, &plain_sandbox, "held", "ring\nregister 8M\n", &workload_dir)?;
     expect_limit(&plain.cgroup_parent(), Some(("67108864", "kill")))?;
+    containerd.start_container(&held)?;
+    expect_replies("held", "ok\nok\n")?;
     let greedy = Pod::new("tenant", "greedy", "33333333-cccc").annotate("pincg.io/pins.max", "1G");
     let greedy_sandbox = containerd.run_pod(&greedy)?;
     run_workload(&containerd, &greedy, &greedy_sandbox, "idle", "", &workload_dir)?;
     expect_limit(&greedy.cgroup_parent(), Some(("67108864", "kill")))?;
     expect_metric("pincg_nri_annotations_refused_total 1")?;
-    let trusted = Pod::new("trusted", "big", "44444444-dddd").annotate("pincg.io/pins.max", "1G");
+    let trusted = Pod::new("trusted", "big", "44444444-dddd")
+        .annotate("pincg.io/pins.max", "1G")
+        .annotate("pincg.io/pins.high", "512Mi");
     let trusted_sandbox = containerd.run_pod(&trusted)?;
     run_workload(&containerd, &trusted, &trusted_sandbox, "idle", "", &workload_dir)?;
     expect_limit(&trusted.cgroup_parent(), Some(("1073741824", "kill")))?;
+    let status: serde_json::Value = serde_json::from_str(&pincg(&["status", "--all", "--json"])?)?;
+    let high = status["cgroups"].as_array().and_then(|rows| {
+        rows.iter().find(|r| r["cgroup"] == trusted.cgroup_parent().as_str()).map(|r| r["limit"]["high"].clone())
+    });
+    ensure!(high == Some("536870912".into()), "{}: pins.high in the kernel is {high:?}", trusted.cgroup_parent());
+    println!("   ok {}: pins.high 536870912 from its annotation", trusted.cgroup_parent());
     expect_metric("pincg_nri_annotations_refused_total 1")?;
 
     step("the pod's series carry its namespace and name from NRI");
@@ -135,12 +145,25 @@ pub fn run() -> Result<()> {
         "no pinned series of tenant/vm-a:\n{metrics}"
     );
 
-    step("the pod is deleted: its limit goes with it");
+    step("the pod is deleted while a process outside it holds its ring: its limit goes, its 8 MiB stay charged");
+    let kubepods = Cgroup { rel: "kubepods".into() };
+    kubepods.expect_current(32 * MIB)?;
+    let holder_cg = Cgroup::create("pincg-nri-holder")?;
+    let mut holder = Workload::spawn("holder", &holder_cg, &["io_uring"])?;
+    let pinner = pid_of_workload_in(&plain.cgroup_parent())?;
+    holder.run(&format!("grab {pinner} anon_inode:[io_uring]"))?;
     containerd.delete_pod(&plain_sandbox)?;
     wait_for("the plain pod's limit is gone", || {
         let got = limit_in_kernel(&plain.cgroup_parent()).ok().flatten();
         (got.is_none(), format!("{got:?}"))
     })?;
+    remove_cgroup(&plain.cgroup_parent())?;
+    kubepods.expect_current(32 * MIB)?;
+    holder_cg.expect_current(0)?;
+    step("the holder lets go of the ring: the removed pod's 8 MiB are released");
+    holder.run("drop-received")?;
+    kubepods.expect_current(24 * MIB)?;
+    crate::scenario::expect_no_drift()?;
     step("containerd restarts while the pods run: pincg reconnects, the limits stay");
     containerd.restart()?;
     expect_metric("pincg_nri_connected 1")?;
@@ -230,6 +253,21 @@ pub(super) fn run_pinner(
     let mut binds = vec![("/usr", "/usr", true), (bin, "/pincg", true), (dir.as_str(), "/pincg-out", false)];
     binds.extend(mounts.iter().map(|m| (*m, *m, true)));
     c.create_container(pod, sandbox, name, &["/bin/busybox", "sh", "-c", &script], &binds, devices)
+}
+
+/// The pid of the pincg-workload process in pod cgroup `parent` (or a
+/// container's cgroup below it).
+fn pid_of_workload_in(parent: &str) -> Result<u32> {
+    let mine = |pid: &str| -> Option<u32> {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let inside = cgroup.lines().any(|l| l.strip_prefix("0::").is_some_and(|p| p.starts_with(parent)));
+        (comm.trim() == "pincg-workload" && inside).then(|| pid.parse().ok()).flatten()
+    };
+    fs::read_dir("/proc")?
+        .flatten()
+        .find_map(|e| mine(&e.file_name().to_string_lossy()))
+        .with_context(|| format!("no pincg-workload process in {parent}"))
 }
 
 /// rmdir of a pod cgroup, as the kubelet does once the pod is removed
