@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pincg_bpf::ledger::{Ledger, Mode};
-use pincg_bpf::loader::{self, HookState, HookStatus, LedgerCapacity};
+use pincg_bpf::loader::{self, HookState, HookStatus, LedgerObjects};
 use pincg_bpf::paths::PinPaths;
 use pincg_bpf::preflight;
 use pincg_cgroup_spec::config::NodeBudget;
@@ -47,8 +47,8 @@ pub struct Options {
     /// All pins on the node together; enforced as the root cgroup's limit.
     pub node_budget: Option<NodeBudget>,
     pub metrics: crate::metrics::Filter,
-    /// Capacity of a ledger created now (`--ledger-objects`, `--ledger-cgroups`).
-    pub ledger: LedgerCapacity,
+    /// Capacity of a ledger created now (`--ledger-objects`).
+    pub ledger_objects: LedgerObjects,
     /// The NRI plugin and its pod policy.
     pub nri: pincg_cgroup_spec::config::Nri,
 }
@@ -201,13 +201,13 @@ impl Sampler {
 
     /// Attach hooks whose module appeared, drop those whose module went.
     /// Parsing BTF is expensive: done only when a module came or went.
-    fn refresh_hooks(&mut self, pins: &PinPaths, capacity: LedgerCapacity) -> anyhow::Result<()> {
+    fn refresh_hooks(&mut self, pins: &PinPaths, objects: LedgerObjects) -> anyhow::Result<()> {
         let modules = loader::module_instances();
         if modules == self.modules {
             return Ok(());
         }
         self.modules = modules;
-        if let Some(hooks) = loader::refresh(pins, &self.hooks, capacity)? {
+        if let Some(hooks) = loader::refresh(pins, &self.hooks, objects)? {
             let hooks = preflight::Policy::read().restrict(hooks);
             let changed: Vec<HookStatus> = hooks
                 .iter()
@@ -240,13 +240,13 @@ impl Round {
     /// a full disk) is logged and retried; it never stops the agent, but
     /// `/healthz` fails when rounds keep failing. A problem that recurs
     /// every round is logged once per [`logging::REPEAT_WINDOW`].
-    fn repeat(mut self, interval: Duration, pins: &PinPaths, capacity: LedgerCapacity, shared: &Shared) {
+    fn repeat(mut self, interval: Duration, pins: &PinPaths, objects: LedgerObjects, shared: &Shared) {
         let mut modules_checked = Instant::now();
         loop {
             let started = Instant::now();
             if modules_checked.elapsed() >= MODULE_POLL {
                 modules_checked = Instant::now();
-                if let Err(e) = self.sampler.refresh_hooks(pins, capacity) {
+                if let Err(e) = self.sampler.refresh_hooks(pins, objects) {
                     logging::report(Level::WARN, format!("checking module hooks: {e:#}"));
                 }
             }
@@ -330,7 +330,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     for (check, state) in policy.lines() {
         info!("kernel policy: {check} {state}");
     }
-    let hooks = policy.restrict(loader::load_all(&opts.pins, opts.ledger)?);
+    let hooks = policy.restrict(loader::load_all(&opts.pins, opts.ledger_objects)?);
     report_hooks(&hooks);
     if !hooks.iter().any(HookStatus::is_live) {
         let reason = hooks.iter().find_map(|h| match &h.state {
@@ -340,7 +340,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         bail!("no hook could be attached: {}", reason.unwrap_or_else(|| "no sources".into()));
     }
     let ledger = Ledger::open(&opts.pins)?;
-    report_capacity(&ledger, opts.ledger);
+    report_capacity(&ledger, opts.ledger_objects);
     ledger.set_mode(opts.mode)?;
     info!("mode {}", opts.mode);
     let node_budget = match opts.node_budget {
@@ -405,7 +405,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .name("pincg-rounds".into())
         .spawn(move || {
             let _ended = ended;
-            round.repeat(opts.interval, &pins, opts.ledger, &rounds)
+            round.repeat(opts.interval, &pins, opts.ledger_objects, &rounds)
         })
         .context("starting the round thread")?;
 
@@ -420,19 +420,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The ledger's capacity, and whether `--ledger-objects` and
-/// `--ledger-cgroups` could apply: an existing pinned ledger keeps the size
-/// it was created with.
-fn report_capacity(ledger: &Ledger, asked: LedgerCapacity) {
-    let has = |name: &str| ledger.capacity().into_iter().find(|(map, _)| *map == name).map_or(0, |(_, n)| n);
-    let (objects, cgroups) = (has("objects"), has("usage"));
-    for (flag, wanted, kept) in [("ledger-objects", asked.objects, objects), ("ledger-cgroups", asked.cgroups, cgroups)]
-    {
-        if let Some(n) = wanted.filter(|n| *n != kept) {
-            warn!("--{flag} {n} applies to a new ledger (after `pincg unload`): the pinned ledger keeps its size");
-        }
+/// The ledger's capacity, and whether `--ledger-objects` could apply: an
+/// existing pinned ledger keeps the size it was created with.
+fn report_capacity(ledger: &Ledger, asked: LedgerObjects) {
+    let objects = ledger.capacity().into_iter().find(|(map, _)| *map == "objects").map_or(0, |(_, n)| n);
+    match asked {
+        Some(n) if n != objects => warn!(
+            "ledger capacity {objects} pin objects: the pinned ledger keeps its size; \
+             --ledger-objects {n} applies to a new ledger (after `pincg unload`)"
+        ),
+        _ => info!("ledger capacity {objects} pin objects"),
     }
-    info!("ledger capacity {objects} pin objects, {cgroups} cgroups");
 }
 
 fn report_hooks(hooks: &[HookStatus]) {

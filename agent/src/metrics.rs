@@ -228,7 +228,6 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
         ("spans_full", c.spans_full),
         ("requests_full", c.requests_full),
         ("ledger_room", c.ledger_room),
-        ("usage_underflow", c.usage_underflow),
         ("program_skipped", snapshot.programs_skipped),
         ("probe_missed", snapshot.probes_missed),
     ] {

@@ -47,15 +47,7 @@ enum pincg_counter {
 	 * objects (the last PINCG_UNLIMITED_SHARE of `objects` is kept for
 	 * cgroups without a limit): refused (enforce) or let through (monitor). */
 	PINCG_CNT_LEDGER_ROOM = 8,
-	/* Usage entries the BPF programs created. */
-	PINCG_CNT_USAGE_CREATED = 9,
-	/* Usage entries the agent created less those it deleted (wrapping):
-	 * written by the agent alone. Live entries are this plus the last. */
-	PINCG_CNT_USAGE_AGENT = 10,
-	/* A release found less charged at a level than it takes back (a
-	 * charge was missed there): the count stops at zero, never wraps. */
-	PINCG_CNT_USAGE_UNDERFLOW = 11,
-	PINCG_NR_COUNTERS = 12,
+	PINCG_NR_COUNTERS = 9,
 };
 
 /* Enforcement mode, slot 0 of the `settings` array map. */
@@ -123,10 +115,7 @@ struct pin_object {
 	 * pinned chunk by chunk counts one `max` event per cgroup, not one per
 	 * chunk. */
 	__u32 over;
-	/* Levels (bit i: ancestors[i]) that had no usage entry when the pin
-	 * was charged (the usage map had no room): never charged there, so
-	 * never released there either. */
-	__u32 uncharged;
+	__u32 pad;
 };
 
 /* pin_object.over: the pinning task was sent SIGKILL for the overrun. */

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::mem::size_of;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use pincg_cgroup_spec::{Action, Events, Limit, PerSource, Source};
@@ -82,9 +82,6 @@ pub struct Counters {
     /// Requests of limited cgroups that found the ledger without room for
     /// their objects (the last eighth of `objects` is for unlimited ones).
     pub ledger_room: u64,
-    /// Releases that found less charged at a level than they took back (a
-    /// charge missed there): stopped at zero instead of wrapping.
-    pub usage_underflow: u64,
 }
 
 impl Counters {
@@ -187,47 +184,16 @@ impl Ledger {
             spans_full: slot(types::pincg_counter::PINCG_CNT_SPANS_FULL.0)?,
             requests_full: slot(types::pincg_counter::PINCG_CNT_REQUESTS_FULL.0)?,
             ledger_room: slot(types::pincg_counter::PINCG_CNT_LEDGER_ROOM.0)?,
-            usage_underflow: slot(types::pincg_counter::PINCG_CNT_USAGE_UNDERFLOW.0)?,
         })
     }
 
-    /// Make `cgroup`'s usage entry unless it has one. The programs leave
-    /// the usage map's last eighth to these (see `usage_room` in
-    /// ledger.bpf.h), so a limit always finds the entry it is checked
-    /// against, however many cgroups a tenant fills the map with.
-    fn ensure_usage(&self, cgroup: u64) -> Result<(), Error> {
-        let zero = types::cgroup_usage::default();
-        match self.usage.update(&cgroup.to_ne_bytes(), as_bytes(&zero), MapFlags::NO_EXIST) {
-            Ok(()) => self.count_agent_entries(1),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::AlreadyExists => Ok(()),
-            Err(source) => Err(Error::UsageFull { cgroup, capacity: self.usage.max_entries(), source }),
-        }
-    }
-
-    /// Add `by` to the usage entries the agent made less those it deleted
-    /// (PINCG_CNT_USAGE_AGENT), which only the agent writes: its threads
-    /// take turns.
-    fn count_agent_entries(&self, by: i64) -> Result<(), Error> {
-        static ONE_WRITER: Mutex<()> = Mutex::new(());
-        let _turn = ONE_WRITER.lock().unwrap_or_else(|e| e.into_inner());
-        let key = types::pincg_counter::PINCG_CNT_USAGE_AGENT.0.to_ne_bytes();
-        let now = self.lookup(&self.counters, "counters", &key)?.map(|v| decode::<u64>("counters", &v)).transpose()?;
-        let next = now.unwrap_or(0).wrapping_add(by as u64);
-        self.counters
-            .update(&key, &next.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|source| Error::Pinned { path: "counters".into(), source })
-    }
-
     /// Put `limit` in force for `cgroup`; a limit of `max`/`max` with the
-    /// default action removes the entry (no limit costs nothing). A limited
-    /// cgroup gets its usage entry first: without one its requests would
-    /// be refused (fail closed).
+    /// default action removes the entry (no limit costs nothing).
     pub fn set_limit(&self, cgroup: u64, limit: &CgroupLimit) -> Result<(), Error> {
         let key = cgroup.to_ne_bytes();
         if limit.max == Limit::Max && limit.high == Limit::Max {
             return delete(&self.limits, "limits", cgroup);
         }
-        self.ensure_usage(cgroup)?;
         let bytes = |l: Limit| match l {
             Limit::Bytes(b) => b,
             Limit::Max => u64::MAX,
@@ -316,11 +282,7 @@ impl Ledger {
     /// nothing charged. (No task can charge a removed cgroup, and with no
     /// objects left nothing can release to it, so this cannot race.)
     pub fn forget_cgroup(&self, cgroup: u64) -> Result<(), Error> {
-        match self.usage.delete(&cgroup.to_ne_bytes()) {
-            Ok(()) => self.count_agent_entries(-1),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Pinned { path: "usage".into(), source }),
-        }
+        delete(&self.usage, "usage", cgroup)
     }
 
     /// Drop the limit of a cgroup that no longer exists.

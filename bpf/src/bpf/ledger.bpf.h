@@ -155,24 +155,6 @@ static __always_inline __u64 span_walk(__u64 cgroup, __u32 tgid, __u64 addr, __u
 	return w.changed * PINCG_PAGE_SIZE;
 }
 
-/*
- * Whether the programs may create one more usage entry: they may fill the
- * map only up to all but its last 1/PINCG_UNLIMITED_SHARE, which is kept
- * for the entries the agent makes for every cgroup given a limit. So no
- * tenant, however many cgroups it makes and pins in, can leave a limit
- * set later without the entry it is checked against.
- */
-static __always_inline bool usage_room(void)
-{
-	__u32 created = PINCG_CNT_USAGE_CREATED, agent = PINCG_CNT_USAGE_AGENT;
-	__u64 *by_programs = bpf_map_lookup_elem(&counters, &created);
-	__u64 *by_agent = bpf_map_lookup_elem(&counters, &agent);
-	__u64 capacity = ((struct bpf_map *)&usage)->max_entries;
-	__s64 live = (__s64)((by_programs ? *by_programs : 0) + (by_agent ? *by_agent : 0));
-
-	return live < (__s64)(capacity - capacity / PINCG_UNLIMITED_SHARE);
-}
-
 static __always_inline struct cgroup_usage *usage_of(__u64 cgroup)
 {
 	static const struct cgroup_usage zero;
@@ -181,25 +163,11 @@ static __always_inline struct cgroup_usage *usage_of(__u64 cgroup)
 	if (u)
 		return u;
 	/* BPF_NOEXIST: a concurrent creator wins and we use its entry. */
-	if (usage_room() && !bpf_map_update_elem(&usage, &cgroup, &zero, BPF_NOEXIST))
-		count(PINCG_CNT_USAGE_CREATED);
+	bpf_map_update_elem(&usage, &cgroup, &zero, BPF_NOEXIST);
 	u = bpf_map_lookup_elem(&usage, &cgroup);
 	if (!u)
 		count(PINCG_CNT_USAGE_FULL);
 	return u;
-}
-
-/* Take `n` from `*slot`, stopping at zero: a release never wraps a level
- * whose charge was missed (counted as usage_underflow). */
-static __always_inline void take_back(__u64 *slot, __u64 n)
-{
-	__u64 now = *(volatile __u64 *)slot;
-
-	if (now < n) {
-		count(PINCG_CNT_USAGE_UNDERFLOW);
-		n = now;
-	}
-	__sync_fetch_and_add(slot, -n);
 }
 
 static __always_inline bool enforcing(void)
@@ -450,26 +418,9 @@ static __always_inline void apply(struct pin_object *obj, __u32 source, __s64 de
 
 		if (i >= obj->depth)
 			break;
-		if (obj->uncharged >> i & 1)
-			continue;
-		if (delta < 0) {
-			/* A release never makes an entry, nor goes below zero. */
-			u = bpf_map_lookup_elem(&usage, &obj->ancestors[i]);
-			if (!u) {
-				count(PINCG_CNT_USAGE_UNDERFLOW);
-				continue;
-			}
-			take_back(&u->total[src], -delta);
-			if (i == obj->depth - 1)
-				take_back(&u->local[src], -delta);
-			take_back(&u->pinned, -unique);
-			continue;
-		}
 		u = usage_of(obj->ancestors[i]);
-		if (!u) {
-			__sync_fetch_and_or(&obj->uncharged, 1U << i);
+		if (!u)
 			continue;
-		}
 		__sync_fetch_and_add(&u->total[src], delta);
 		/* The deepest slot is the charged cgroup itself (owner_is_*). */
 		if (i == obj->depth - 1)

@@ -27,7 +27,6 @@ pub mod scale;
 pub mod shipped;
 pub mod storm;
 pub mod upgrade;
-pub mod usage_room;
 pub mod vduse;
 pub mod verifier_budget;
 pub mod vfio;
@@ -59,7 +58,6 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("hostile", hostile::run),
     ("escape", escape::run),
     ("exhaustion", exhaustion::run),
-    ("usage-room", usage_room::run),
     ("lifecycle", lifecycle::run),
     ("preexisting", preexisting::run),
     ("prometheus", prometheus::run),
