@@ -37,7 +37,9 @@ rm -f target/guest-results.txt target/skips.txt
 
 status=0
 echo
-echo "=== house style: cargo fmt --check, cargo clippy -D warnings (rustfmt.toml) ==="
+echo "=== house style: cargo fmt --check, cargo clippy -D warnings (rustfmt.toml), clang-format (.clang-format) ==="
+clang-format --dry-run --Werror bpf/include/pincg.h bpf/src/bpf/*.[ch] \
+  || { echo "clang-format: the BPF C is not formatted (run clang-format -i on it)"; status=1; }
 if cargo fmt --version > /dev/null 2>&1 && cargo clippy --version > /dev/null 2>&1; then
   cargo fmt --all --check || { echo "cargo fmt --check: not formatted (run cargo fmt)"; status=1; }
   cargo clippy --workspace --all-targets -- -D warnings || { echo "cargo clippy: warnings"; status=1; }

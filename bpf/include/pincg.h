@@ -52,23 +52,23 @@ enum pincg_counter {
 
 /* Enforcement mode, slot 0 of the `settings` array map. */
 enum pincg_mode {
-	PINCG_MODE_MONITOR = 0,	/* never refuse; count what would be refused */
+	PINCG_MODE_MONITOR = 0, /* never refuse; count what would be refused */
 	PINCG_MODE_ENFORCE = 1,
 };
 
 /* What an overrun (a pin no refusal point could stop) does, per cgroup. */
 enum pincg_action {
-	PINCG_ACT_ALERT = 0,	/* count the event only */
-	PINCG_ACT_KILL = 1,	/* SIGKILL the pinning task, from BPF */
-	PINCG_ACT_FREEZE = 2,	/* the agent freezes the cgroup */
+	PINCG_ACT_ALERT = 0,  /* count the event only */
+	PINCG_ACT_KILL = 1,   /* SIGKILL the pinning task, from BPF */
+	PINCG_ACT_FREEZE = 2, /* the agent freezes the cgroup */
 };
 
 #define PINCG_NO_LIMIT (~0ULL)
 
 /* pins.max / pins.high of one cgroup, written by the agent. */
 struct cgroup_limit {
-	__u64 max;		/* bytes, PINCG_NO_LIMIT for none */
-	__u64 high;		/* bytes, PINCG_NO_LIMIT for none */
+	__u64 max;  /* bytes, PINCG_NO_LIMIT for none */
+	__u64 high; /* bytes, PINCG_NO_LIMIT for none */
 	enum pincg_action action;
 	__u32 pad;
 };
@@ -85,30 +85,30 @@ struct source_actions {
 	__u64 would_refuse;
 	__u64 refused;
 #else
-	__u64 refused;		/* requests refused before pinning (enforce) */
-	__u64 would_refuse;	/* requests monitor mode let through */
+	__u64 refused;	    /* requests refused before pinning (enforce) */
+	__u64 would_refuse; /* requests monitor mode let through */
 #endif
-	__u64 overruns;		/* pins that took a cgroup over pins.max */
-	__u64 killed;		/* pinning tasks killed for an overrun */
+	__u64 overruns; /* pins that took a cgroup over pins.max */
+	__u64 killed;	/* pinning tasks killed for an overrun */
 };
 
 /* Ledger key: one long-term pin object of one subsystem. */
 struct pin_key {
-	__u64 object;		/* kernel address of the subsystem's pin object */
+	__u64 object; /* kernel address of the subsystem's pin object */
 	enum pincg_source source;
 	__u32 pad;
 };
 
 /* Ledger value: who was charged, and for what. */
 struct pin_object {
-	__u64 bytes;		/* bytes of pages pinned, page-granular */
-	__u64 addr;		/* user address of the pinned range */
-	__u64 since_ns;		/* bpf_ktime_get_boot_ns() at charge time */
-	__u64 cgroup;		/* cgroup v2 id charged (the pinner's) */
+	__u64 bytes;	/* bytes of pages pinned, page-granular */
+	__u64 addr;	/* user address of the pinned range */
+	__u64 since_ns; /* bpf_ktime_get_boot_ns() at charge time */
+	__u64 cgroup;	/* cgroup v2 id charged (the pinner's) */
 	/* Ids of the cgroups charged, root (level 0) first; `depth` valid. */
 	__u64 ancestors[PINCG_MAX_DEPTH];
 	__u32 depth;
-	__u32 tgid;		/* pinning process */
+	__u32 tgid; /* pinning process */
 	char comm[16];
 	/* Levels (bit i: ancestors[i]) whose pins.max this object's pin went
 	 * over, and PINCG_OVER_KILLED once it was killed for it: a request
@@ -128,10 +128,10 @@ struct pin_object {
  * that goes 1 -> 0 returns them.
  */
 struct span_key {
-	__u64 cgroup;		/* cgroup v2 id the objects were charged to */
-	__u32 tgid;		/* the pinning process (one address space) */
+	__u64 cgroup; /* cgroup v2 id the objects were charged to */
+	__u32 tgid;   /* the pinning process (one address space) */
 	__u32 pad;
-	__u64 index;		/* user page number / PINCG_SPAN_PAGES */
+	__u64 index; /* user page number / PINCG_SPAN_PAGES */
 };
 
 struct span_refs {
@@ -140,14 +140,14 @@ struct span_refs {
 
 /* Usage of one cgroup, per source, and its own limit events. */
 struct cgroup_usage {
-	__u64 local[PINCG_NR_SOURCES];	/* charged to this cgroup itself */
-	__u64 total[PINCG_NR_SOURCES];	/* this cgroup and its descendants */
+	__u64 local[PINCG_NR_SOURCES]; /* charged to this cgroup itself */
+	__u64 total[PINCG_NR_SOURCES]; /* this cgroup and its descendants */
 	/* Unique bytes of this cgroup and its descendants (pins.current):
 	 * memory pinned by several sources or objects counts once. */
 	__u64 pinned;
-	__u64 peak;			/* highest `pinned` seen */
-	__u64 events_max;		/* requests refused or overruns at this pins.max */
-	__u64 events_high;		/* crossings of this pins.high */
+	__u64 peak;	   /* highest `pinned` seen */
+	__u64 events_max;  /* requests refused or overruns at this pins.max */
+	__u64 events_high; /* crossings of this pins.high */
 	/* Bytes admitted at a refusal point and not yet pinned by their
 	 * request (see struct pin_request): pinned + reserved never exceeds
 	 * pins.max through an admission. */
@@ -168,7 +168,7 @@ struct cgroup_usage {
  * what is left is returned when the system call ends.
  */
 struct pin_request {
-	__u64 cgroups[PINCG_MAX_DEPTH];	/* the task's ancestry at admission, root first */
+	__u64 cgroups[PINCG_MAX_DEPTH]; /* the task's ancestry at admission, root first */
 	__u64 left;			/* reserved bytes no pin has taken yet */
 	__u32 held;			/* bit i: cgroups[i] holds `left` in its reserved */
 	__u32 over;			/* as pin_object.over, for the whole request */

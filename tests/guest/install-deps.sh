@@ -24,8 +24,8 @@ PKGS=(
   # ROM that -device virtio-net-pci loads; both are only Recommends/indirect)
   qemu-system-x86 seabios ipxe-qemu busybox-static cpio kmod xz-utils zstd
   debian-archive-keyring
-  # eBPF build toolchain
-  clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config dwarves
+  # eBPF build toolchain (clang-format: the BPF C's house style, .clang-format)
+  clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config dwarves clang-format
   # test workloads: io_uring, RDMA (soft-RoCE via rdma_rxe), networking
   liburing-dev rdma-core ibverbs-providers libibverbs-dev iproute2
   # metrics scraping in integration tests

@@ -68,7 +68,7 @@ struct uverbs_attr {
 	__u16 len;
 	__u16 flags;
 	__u16 attr_data;
-	__u64 data;	/* inline value when len <= 8, else a user pointer */
+	__u64 data; /* inline value when len <= 8, else a user pointer */
 };
 
 /* struct ib_uverbs_reg_mr, the command body CORE_IN points to. */
@@ -92,9 +92,9 @@ static __always_inline int vfio_map_dma(unsigned long arg)
 	struct vfio_dma_map_req req = {};
 
 	if (bpf_copy_from_user(&req, sizeof(req), (void *)arg))
-		return 0;	/* the kernel's own copy will fail the same way */
+		return 0; /* the kernel's own copy will fail the same way */
 	if (req.flags & VFIO_DMA_MAP_FLAG_VADDR)
-		return 0;	/* re-points an existing mapping: nothing new pinned */
+		return 0; /* re-points an existing mapping: nothing new pinned */
 	return admit(req.vaddr, req.size, PINCG_SRC_VFIO);
 }
 
@@ -133,7 +133,8 @@ static __always_inline int rdma_reg_mr(unsigned long arg)
 
 		if (i >= hdr.num_attrs)
 			break;
-		if (bpf_copy_from_user(&attr, sizeof(attr), (void *)(arg + sizeof(hdr) + i * sizeof(attr))))
+		if (bpf_copy_from_user(&attr, sizeof(attr),
+				       (void *)(arg + sizeof(hdr) + i * sizeof(attr))))
 			return 0;
 		if (attr.attr_id == UVERBS_ATTR_WRITE_CMD)
 			reg_mr = attr.data == IB_USER_VERBS_CMD_REG_MR;

@@ -52,7 +52,7 @@ struct iovec_walk {
 	__u64 iovecs;	/* user address of the iovec array */
 	__u64 bytes;	/* claimed (first pass) or new (second pass) bytes so far */
 	__u64 stop;	/* first pass: a sum beyond this decides the request */
-	bool count_new;	/* second pass: new bytes, not claims */
+	bool count_new; /* second pass: new bytes, not claims */
 };
 
 /* bpf_loop callback: add iovec `i`; stop at an unreadable one. */
@@ -61,7 +61,7 @@ static long iovec_step(__u64 i, struct iovec_walk *w)
 	struct iovec_req iov;
 
 	if (bpf_copy_from_user(&iov, sizeof(iov), (void *)(w->iovecs + i * sizeof(iov))))
-		return 1;	/* the kernel's own copy fails the same way */
+		return 1; /* the kernel's own copy fails the same way */
 	if (w->count_new) {
 		w->bytes += new_bytes(iov.base, iov.len);
 		return 0;
@@ -79,7 +79,7 @@ static long iovec_step(__u64 i, struct iovec_walk *w)
  */
 static __always_inline __u64 iovecs_bytes(const struct level_walk *b, __u64 iovecs, __u32 nr)
 {
-	struct iovec_walk w = { .iovecs = iovecs };
+	struct iovec_walk w = {.iovecs = iovecs};
 	__u64 bytes, shared = current_pinned();
 
 	if (!iovecs || nr > MAX_REG_BUFFERS)
@@ -96,8 +96,8 @@ static __always_inline __u64 iovecs_bytes(const struct level_walk *b, __u64 iove
 
 /* The bytes a buffer registration request is checked with, and in `*nr`
  * the buffers (pin objects) it names; 0 for others. */
-static __always_inline __u64 request_bytes(const struct level_walk *b, __u32 opcode, __u64 arg, __u32 nr_args,
-					   __u32 *nr)
+static __always_inline __u64 request_bytes(const struct level_walk *b, __u32 opcode, __u64 arg,
+					   __u32 nr_args, __u32 *nr)
 {
 	struct rsrc_register_req reg = {};
 	struct rsrc_update2_req upd = {};

@@ -171,7 +171,7 @@ int BPF_KPROBE(io_uring_unpin_folio_v613)
 
 static __always_inline void charge_node(struct io_rsrc_node___v72 *node)
 {
-	if (node && (__u64)node < (__u64)-4095)
+	if (!is_err_or_null(node))
 		charge_imu(BPF_CORE_READ(node, buf));
 }
 

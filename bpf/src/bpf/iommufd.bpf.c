@@ -31,7 +31,8 @@ static __always_inline void accounted(int ret)
 	if (!pages || ret)
 		return;
 	ledger_resize((__u64)pages, PINCG_SRC_IOMMUFD, BPF_CORE_READ(pages, source_task),
-		      (__u64)BPF_CORE_READ(pages, uptr), BPF_CORE_READ(pages, last_npinned) * PINCG_PAGE_SIZE, false);
+		      (__u64)BPF_CORE_READ(pages, uptr),
+		      BPF_CORE_READ(pages, last_npinned) * PINCG_PAGE_SIZE, false);
 }
 
 /* Attached to do_update_pinned (6.12) or iopt_pages_update_pinned (7.x),

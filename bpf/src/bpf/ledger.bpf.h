@@ -23,7 +23,9 @@ char LICENSE[] SEC("license") = "GPL";
 #ifdef PINCG_TEST_PROGRAM_CHANGE
 #define PINCG_TEST_MARK() asm volatile("r0 = 0" ::: "r0")
 #else
-#define PINCG_TEST_MARK() do { } while (0)
+#define PINCG_TEST_MARK()                                                                          \
+	do {                                                                                       \
+	} while (0)
 #endif
 
 #include "ledger_maps.bpf.h"
@@ -41,6 +43,13 @@ static __always_inline void count(enum pincg_counter which)
 /* x86_64 pages: what the pages counted by subsystems (npgs, locked_vm) are. */
 #define PINCG_PAGE_SIZE 4096ULL
 
+/* The kernel's IS_ERR_OR_NULL for a returned object: NULL, or an errno
+ * (-MAX_ERRNO..-1) in the pointer. */
+static __always_inline bool is_err_or_null(const void *ptr)
+{
+	return !ptr || (__u64)ptr >= (__u64)-4095;
+}
+
 /* Bytes of whole pages covering [addr, addr + len). */
 static __always_inline __u64 page_span(__u64 addr, __u64 len)
 {
@@ -52,7 +61,7 @@ static __always_inline __u64 page_span(__u64 addr, __u64 len)
 }
 
 enum span_op {
-	SPAN_COUNT_NEW,	/* count pages no object covers yet; change nothing */
+	SPAN_COUNT_NEW, /* count pages no object covers yet; change nothing */
 	SPAN_ADD,	/* one more object covers the pages */
 	SPAN_REMOVE,	/* one object less covers the pages */
 };
@@ -62,7 +71,7 @@ struct span_walk {
 	struct span_key key;
 	__u64 first;
 	__u64 end;
-	__u64 changed;	/* pages that were uncovered (COUNT_NEW, ADD) or now are (REMOVE) */
+	__u64 changed; /* pages that were uncovered (COUNT_NEW, ADD) or now are (REMOVE) */
 	__u32 op;
 };
 
@@ -73,7 +82,7 @@ struct span_walk {
  */
 static __always_inline __u64 is_zero(__u64 v)
 {
-	return (v - 1) >> 63;	/* v < 2^32 here */
+	return (v - 1) >> 63; /* v < 2^32 here */
 }
 
 /* Whether page j lies in [lo, hi), all three in [0, PINCG_SPAN_PAGES]. */
@@ -142,7 +151,7 @@ static long span_step(__u64 i, struct span_walk *w)
  */
 static __always_inline __u64 span_walk(__u64 cgroup, __u32 tgid, __u64 addr, __u64 bytes, __u32 op)
 {
-	struct span_walk w = { .key = { .cgroup = cgroup, .tgid = tgid }, .op = op };
+	struct span_walk w = {.key = {.cgroup = cgroup, .tgid = tgid}, .op = op};
 	__u64 nr;
 
 	if (bytes < PINCG_PAGE_SIZE)
@@ -151,7 +160,7 @@ static __always_inline __u64 span_walk(__u64 cgroup, __u32 tgid, __u64 addr, __u
 	w.end = w.first + bytes / PINCG_PAGE_SIZE;
 	nr = (w.end - 1) / PINCG_SPAN_PAGES - w.first / PINCG_SPAN_PAGES + 1;
 	if (bpf_loop(nr, span_step, &w, 0) < 0)
-		return bytes;	/* beyond bpf_loop's 2^23 steps (4 TiB): all new */
+		return bytes; /* beyond bpf_loop's 2^23 steps (4 TiB): all new */
 	return w.changed * PINCG_PAGE_SIZE;
 }
 
@@ -201,10 +210,10 @@ static __always_inline bool in_compat_syscall(void)
 __u64 pincg_requests = 0;
 
 enum level_op {
-	LEVEL_BUDGET,	/* read limits and headroom of the current ancestry */
-	LEVEL_RESERVE,	/* reserve `bytes` at every `limited` level */
-	LEVEL_RETURN,	/* give `bytes` back at every level of `mask` */
-	LEVEL_EVENT,	/* count a `max` event at every level of `mask` */
+	LEVEL_BUDGET,  /* read limits and headroom of the current ancestry */
+	LEVEL_RESERVE, /* reserve `bytes` at every `limited` level */
+	LEVEL_RETURN,  /* give `bytes` back at every level of `mask` */
+	LEVEL_EVENT,   /* count a `max` event at every level of `mask` */
 };
 
 /*
@@ -215,13 +224,13 @@ enum level_op {
 struct level_walk {
 	__u64 tid;
 	__u64 bytes;
-	__u64 headroom;	/* LEVEL_BUDGET: least pins.max - pinned - reserved */
+	__u64 headroom; /* LEVEL_BUDGET: least pins.max - pinned - reserved */
 	__u32 limited;	/* LEVEL_BUDGET: bit i: level i has a limit */
 	__u32 mask;	/* LEVEL_RETURN, LEVEL_EVENT: the levels to visit */
 	__u32 held;	/* LEVEL_RESERVE: levels that reserved */
 	__u32 over;	/* LEVEL_RESERVE: levels that could not */
 	__u32 op;
-	__u32 no_usage;	/* LEVEL_BUDGET: a level has no usage entry */
+	__u32 no_usage; /* LEVEL_BUDGET: a level has no usage entry */
 };
 
 static long level_step(__u64 i, struct level_walk *w)
@@ -272,9 +281,9 @@ static long level_step(__u64 i, struct level_walk *w)
 	}
 	lim = bpf_map_lookup_elem(&limits, &id);
 	if (!lim)
-		return 0;	/* the limit went since the budget was read */
+		return 0; /* the limit went since the budget was read */
 	if (!u) {
-		w->over |= bit;	/* no usage entry: no room to charge */
+		w->over |= bit; /* no usage entry: no room to charge */
 		return 0;
 	}
 	/* Add, then take back if that went over: atomic per cgroup. */
@@ -310,7 +319,7 @@ static __always_inline int raised(__u64 cgroup, struct cgroup_usage *u, __u64 af
 	struct cgroup_limit *lim = bpf_map_lookup_elem(&limits, &cgroup);
 
 	if (after > u->peak)
-		u->peak = after;	/* racy by design: peak is a watermark */
+		u->peak = after; /* racy by design: peak is a watermark */
 	if (!lim)
 		return -1;
 	if (after - delta <= lim->high && after > lim->high)
@@ -335,7 +344,7 @@ static __always_inline void overrun(struct pin_object *obj, struct pin_request *
 
 	__sync_fetch_and_or(&obj->over, fresh);
 	if (req)
-		req->over |= fresh;	/* only its own task charges it */
+		req->over |= fresh; /* only its own task charges it */
 	if (!acts)
 		return;
 	if (!(before & ~PINCG_OVER_KILLED))
@@ -364,7 +373,7 @@ static __always_inline __u64 nonzero(__u64 v)
  */
 static __always_inline struct pin_request *request_for(const struct pin_object *obj)
 {
-	struct level_walk w = { .tid = bpf_get_current_pid_tgid() };
+	struct level_walk w = {.tid = bpf_get_current_pid_tgid()};
 	struct pin_request *req = bpf_map_lookup_elem(&requests, &w.tid);
 	__u64 depth = obj->depth, moved = 0;
 
@@ -448,8 +457,8 @@ static __always_inline void apply(struct pin_object *obj, __u32 source, __s64 de
  */
 static __always_inline __u64 new_bytes(__u64 addr, __u64 len)
 {
-	return span_walk(bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid() >> 32,
-			 addr, page_span(addr, len), SPAN_COUNT_NEW);
+	return span_walk(bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid() >> 32, addr,
+			 page_span(addr, len), SPAN_COUNT_NEW);
 }
 
 /*
@@ -528,7 +537,7 @@ static __always_inline bool claim_decided(const struct level_walk *w, __u64 clai
 /* Return what the current task's request still holds and forget it. */
 static __always_inline void request_end(void)
 {
-	struct level_walk w = { .tid = bpf_get_current_pid_tgid() };
+	struct level_walk w = {.tid = bpf_get_current_pid_tgid()};
 	struct pin_request *req;
 
 	if (!*(volatile __u64 *)&pincg_requests)
@@ -553,7 +562,8 @@ static __always_inline void request_end(void)
  * its `nr_objects` (ledger_room), is refused (enforce) or let through
  * unreserved (monitor): fail closed.
  */
-static __always_inline int admit_bytes(struct level_walk *w, __u64 bytes, __u64 nr_objects, __u32 source)
+static __always_inline int admit_bytes(struct level_walk *w, __u64 bytes, __u64 nr_objects,
+				       __u32 source)
 {
 	static const struct pin_request none;
 	struct source_actions *acts = actions_of(source);
@@ -570,7 +580,7 @@ static __always_inline int admit_bytes(struct level_walk *w, __u64 bytes, __u64 
 			__sync_fetch_and_add(&acts->refused, 1);
 		return -12; /* -ENOMEM */
 	}
-	request_end();	/* one whose exit was never seen (none expected) */
+	request_end(); /* one whose exit was never seen (none expected) */
 	if (bpf_map_update_elem(&requests, &w->tid, &none, BPF_NOEXIST)) {
 		count(PINCG_CNT_REQUESTS_FULL);
 		if (!enforce)
@@ -690,7 +700,7 @@ static __always_inline void release_found(struct pin_key *key, struct pin_object
  * before it existed) is counted as unknown_release. */
 static __always_inline void ledger_release(__u64 object, __u32 source)
 {
-	struct pin_key key = { .object = object, .source = source };
+	struct pin_key key = {.object = object, .source = source};
 	struct pin_object *obj = bpf_map_lookup_elem(&objects, &key);
 
 	if (!obj) {
@@ -704,7 +714,7 @@ static __always_inline void ledger_release(__u64 object, __u32 source)
  * mapping of an mdev-only container): those are not unknown releases. */
 static __always_inline void ledger_release_held(__u64 object, __u32 source)
 {
-	struct pin_key key = { .object = object, .source = source };
+	struct pin_key key = {.object = object, .source = source};
 	struct pin_object *obj = bpf_map_lookup_elem(&objects, &key);
 
 	if (obj)
@@ -740,7 +750,7 @@ static __always_inline void record(struct pin_key *key, __u32 source, struct tas
 	/* The entry itself, which keeps the limits its pin went over. */
 	obj = bpf_map_lookup_elem(&objects, key);
 	if (!obj)
-		return;	/* released at once by another CPU: nothing to charge */
+		return; /* released at once by another CPU: nothing to charge */
 	apply(obj, source, bytes, span_walk(obj->cgroup, obj->tgid, addr, bytes, SPAN_ADD));
 	count(PINCG_CNT_CHARGES);
 }
@@ -749,9 +759,10 @@ static __always_inline void record(struct pin_key *key, __u32 source, struct tas
  * Charge a new pin object of `bytes` at user address `addr` to the current
  * task's cgroup and its ancestors.
  */
-static __always_inline void ledger_charge_current(__u64 object, __u32 source, __u64 addr, __u64 bytes)
+static __always_inline void ledger_charge_current(__u64 object, __u32 source, __u64 addr,
+						  __u64 bytes)
 {
-	struct pin_key key = { .object = object, .source = source };
+	struct pin_key key = {.object = object, .source = source};
 
 	if (!bytes)
 		return;
@@ -772,7 +783,7 @@ static __always_inline void ledger_charge_current(__u64 object, __u32 source, __
 static __always_inline void ledger_resize(__u64 object, __u32 source, struct task_struct *owner,
 					  __u64 addr, __u64 bytes, bool existing_only)
 {
-	struct pin_key key = { .object = object, .source = source };
+	struct pin_key key = {.object = object, .source = source};
 	struct pin_object *obj = bpf_map_lookup_elem(&objects, &key);
 	__s64 delta, unique;
 
@@ -788,7 +799,8 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
 	if (delta > 0)
 		unique = span_walk(obj->cgroup, obj->tgid, obj->addr + obj->bytes, delta, SPAN_ADD);
 	else
-		unique = -(__s64)span_walk(obj->cgroup, obj->tgid, obj->addr + bytes, -delta, SPAN_REMOVE);
+		unique = -(__s64)span_walk(obj->cgroup, obj->tgid, obj->addr + bytes, -delta,
+					   SPAN_REMOVE);
 	apply(obj, source, delta, unique);
 	__sync_fetch_and_add(&obj->bytes, delta);
 }
@@ -798,12 +810,12 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
  * a function's entry and one at its return (or a witness hook called in
  * between, such as the unpin inside a release). Keyed by pid_tgid.
  */
-#define PINCG_INFLIGHT_MAP(name)			\
-	struct {					\
-		__uint(type, BPF_MAP_TYPE_HASH);	\
-		__uint(max_entries, 4096);		\
-		__type(key, __u64);			\
-		__type(value, __u64);			\
+#define PINCG_INFLIGHT_MAP(name)                                                                   \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
+		__uint(max_entries, 4096);                                                         \
+		__type(key, __u64);                                                                \
+		__type(value, __u64);                                                              \
 	} name SEC(".maps")
 
 /*

@@ -34,7 +34,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PINCG_NR_COUNTERS);
-	__type(key, __u32);	/* enum pincg_counter */
+	__type(key, __u32); /* enum pincg_counter */
 	__type(value, __u64);
 } counters SEC(".maps");
 
@@ -59,7 +59,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PINCG_NR_SOURCES);
-	__type(key, __u32);	/* enum pincg_source */
+	__type(key, __u32); /* enum pincg_source */
 	__type(value, struct source_actions);
 } actions SEC(".maps");
 

@@ -27,7 +27,7 @@ static __always_inline void charge_umem(struct ib_umem *umem)
 {
 	__u64 addr;
 
-	if (!umem || (__u64)umem >= (__u64)-4095 || !pins_user_pages(umem))
+	if (is_err_or_null(umem) || !pins_user_pages(umem))
 		return;
 	addr = BPF_CORE_READ(umem, address);
 	ledger_charge_current((__u64)umem, PINCG_SRC_RDMA, addr,

@@ -18,18 +18,18 @@
 char LICENSE[] SEC("license") = "GPL";
 
 /* An iterator `read_<map>` over `map`, whose entries are (key_type, value_type). */
-#define PINCG_MAP_READER(map, key_type, value_type)                        \
-	SEC("iter/bpf_map_elem")                                           \
-	int read_##map(struct bpf_iter__bpf_map_elem *ctx)                 \
-	{                                                                  \
-		struct seq_file *seq = ctx->meta->seq;                     \
-		void *key = ctx->key, *value = ctx->value;                 \
-                                                                           \
-		if (!key || !value)                                        \
-			return 0;                                          \
-		bpf_seq_write(seq, key, sizeof(key_type));                 \
-		bpf_seq_write(seq, value, sizeof(value_type));             \
-		return 0;                                                  \
+#define PINCG_MAP_READER(map, key_type, value_type)                                                \
+	SEC("iter/bpf_map_elem")                                                                   \
+	int read_##map(struct bpf_iter__bpf_map_elem *ctx)                                         \
+	{                                                                                          \
+		struct seq_file *seq = ctx->meta->seq;                                             \
+		void *key = ctx->key, *value = ctx->value;                                         \
+                                                                                                   \
+		if (!key || !value)                                                                \
+			return 0;                                                                  \
+		bpf_seq_write(seq, key, sizeof(key_type));                                         \
+		bpf_seq_write(seq, value, sizeof(value_type));                                     \
+		return 0;                                                                          \
 	}
 
 PINCG_MAP_READER(objects, struct pin_key, struct pin_object)

@@ -49,7 +49,7 @@ struct reg_request {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
-	__type(key, __u64);	/* pid_tgid */
+	__type(key, __u64); /* pid_tgid */
 	__type(value, struct reg_request);
 } vduse_registering SEC(".maps");
 

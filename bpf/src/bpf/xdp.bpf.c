@@ -26,7 +26,7 @@ PINCG_INFLIGHT_MAP(xdp_putting);
 SEC("fexit/xdp_umem_create")
 int BPF_PROG(xdp_umem_create_v61, struct xdp_umem_reg___pincg *mr, struct xdp_umem___pincg *umem)
 {
-	if (!umem || (__u64)umem >= (__u64)-4095)
+	if (is_err_or_null(umem))
 		return 0;
 	ledger_charge_current((__u64)umem, PINCG_SRC_XDP, BPF_CORE_READ(mr, addr),
 			      (__u64)BPF_CORE_READ(umem, npgs) * PINCG_PAGE_SIZE);
