@@ -115,9 +115,13 @@ pub const IO_URING: SourceHooks = SourceHooks {
             source: Source::IoUring,
             variants: &[
                 Variant {
+                    // The call is the request (no refusal point makes one):
+                    // attached in reverse, its end before its start.
                     attach: &[
                         attach("io_uring_register_v61", "io_sqe_buffer_register", 4),
+                        attach("io_uring_request_v61", "__x64_sys_io_uring_register", 1),
                         attach("io_uring_registered_v61", "io_sqe_buffer_register", 4),
+                        attach("io_uring_request_end_v61", "__x64_sys_io_uring_register", 1),
                     ],
                     change: Some(
                         "6.1-6.12: io_sqe_buffer_register(ctx, iov, pimu, last_hpage) fills *pimu with the buffer",
@@ -516,13 +520,22 @@ mod tests {
 
     #[test]
     fn io_uring_on_6_1_and_6_12() {
-        let k =
-            FakeKernel(HashMap::from([("io_sqe_buffer_register", 4), ("io_buffer_unmap", 2), ("unpin_user_page", 1)]));
+        let k = FakeKernel(HashMap::from([
+            ("io_sqe_buffer_register", 4),
+            ("__x64_sys_io_uring_register", 1),
+            ("io_buffer_unmap", 2),
+            ("unpin_user_page", 1),
+        ]));
         let chosen = select(&IO_URING, &k).unwrap();
         assert_eq!(chosen[1].programs().last(), Some("io_uring_unpin_page_v61"));
         assert_eq!(programs(&k), ["io_uring_register_v61", "io_uring_unmap_v61"]);
+        // The system call's end attaches before its start (no request left open).
+        let order: Vec<&str> = chosen[0].programs().collect();
+        let at = |p: &str| order.iter().position(|q| *q == p).unwrap();
+        assert!(at("io_uring_request_end_v61") > at("io_uring_request_v61"), "{order:?}");
         let k612 = FakeKernel(HashMap::from([
             ("io_sqe_buffer_register", 4),
+            ("__x64_sys_io_uring_register", 1),
             ("io_buffer_unmap", 2),
             ("unpin_user_page", 1),
             ("unpin_user_folio", 2),

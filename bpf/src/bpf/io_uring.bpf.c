@@ -106,6 +106,26 @@ int BPF_KRETPROBE(io_uring_registered_v61, int ret)
 }
 
 /*
+ * 6.1/6.12 have no refusal point for io_uring: one io_uring_register call
+ * (BUFFERS, BUFFERS2, BUFFERS_UPDATE: many buffers) is made one request
+ * here, so its buffers over a limit count one `max` event and one overrun,
+ * and its kill action is sent once.
+ */
+SEC("kprobe/__x64_sys_io_uring_register")
+int BPF_KPROBE(io_uring_request_v61)
+{
+	request_open();
+	return 0;
+}
+
+SEC("kretprobe/__x64_sys_io_uring_register")
+int BPF_KRETPROBE(io_uring_request_end_v61)
+{
+	request_end();
+	return 0;
+}
+
+/*
  * Release: io_buffer_unmap (6.1/6.12) or io_free_rsrc_node (6.13+) drops one
  * reference; only the put of
  * the last reference (clones share the buffer) goes on to unpin the pages.

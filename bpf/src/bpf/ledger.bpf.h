@@ -534,21 +534,47 @@ static __always_inline bool claim_decided(const struct level_walk *w, __u64 clai
 	return false;
 }
 
-/* Return what the current task's request still holds and forget it. */
-static __always_inline void request_end(void)
+/*
+ * Return what the current task's request still holds and forget it. A
+ * system call's exit (`gated`) looks only if this object made requests; a
+ * new request looks always, since an entry whose exit was missed may be
+ * another object's (an io_uring registration's, see request_open).
+ */
+static __always_inline void request_close(bool gated)
 {
 	struct level_walk w = {.tid = bpf_get_current_pid_tgid()};
 	struct pin_request *req;
 
-	if (!*(volatile __u64 *)&pincg_requests)
+	if (gated && !*(volatile __u64 *)&pincg_requests)
 		return;
 	req = bpf_map_lookup_elem(&requests, &w.tid);
 	if (!req)
 		return;
 	if (req->left && req->held)
 		levels(&w, LEVEL_RETURN, req->held, req->left);
-	if (!bpf_map_delete_elem(&requests, &w.tid))
+	if (!bpf_map_delete_elem(&requests, &w.tid) && *(volatile __u64 *)&pincg_requests)
 		__sync_fetch_and_add(&pincg_requests, -1);
+}
+
+static __always_inline void request_end(void)
+{
+	request_close(true);
+}
+
+/*
+ * A request with nothing to reserve, where the kernel has no refusal point
+ * (io_uring before 7.0): its charges still record in it the limits they
+ * went over, so one registration of many buffers is one `max` event, one
+ * overrun and one kill, as a refused request is one event.
+ */
+static __always_inline void request_open(void)
+{
+	static const struct pin_request none;
+	__u64 tid = bpf_get_current_pid_tgid();
+
+	request_close(false);
+	if (!bpf_map_update_elem(&requests, &tid, &none, BPF_NOEXIST))
+		__sync_fetch_and_add(&pincg_requests, 1);
 }
 
 /*
@@ -580,7 +606,7 @@ static __always_inline int admit_bytes(struct level_walk *w, __u64 bytes, __u64 
 			__sync_fetch_and_add(&acts->refused, 1);
 		return -12; /* -ENOMEM */
 	}
-	request_end(); /* one whose exit was never seen (none expected) */
+	request_close(false); /* one whose exit was never seen (none expected) */
 	if (bpf_map_update_elem(&requests, &w->tid, &none, BPF_NOEXIST)) {
 		count(PINCG_CNT_REQUESTS_FULL);
 		if (!enforce)

@@ -58,6 +58,17 @@ fn acted_after() -> Result<()> {
     w.run("unregister")?;
     alert.expect_current(0)?;
 
+    step("alert: one registration of four 16 MiB buffers over a 32 MiB budget is one request: one event, one overrun");
+    let batch = limited("pincg-actions/batch", "alert")?;
+    let mut w = Workload::spawn("batched", &batch, &["io_uring"])?;
+    w.run("ring")?;
+    w.run("register-n 4 16M")?;
+    batch.expect_current(64 * MIB)?;
+    batch.expect_file("pins.events.local", "high 0\nmax 1\n")?;
+    expect_metric("pincg_overruns_total{source=\"io_uring\"} 2")?;
+    w.run("unregister")?;
+    batch.expect_current(0)?;
+
     step("kill: the pinning task is killed by SIGKILL, synchronously; teardown returns the charge");
     let kill = limited("pincg-actions/kill", "kill")?;
     let mut w = Workload::spawn("killed", &kill, &["io_uring"])?;
