@@ -487,6 +487,20 @@ mod tests {
         }
     }
 
+    /// `loader::attach` attaches a source's programs in reverse of their
+    /// listing: its release hooks, listed last, attach first, so no pin is
+    /// charged while its release could go unseen (nothing leaks across an
+    /// attach or a module reload).
+    #[test]
+    fn every_source_lists_its_release_hooks_last() {
+        for source in ALL_SOURCES {
+            let names: Vec<&str> = source.hooks.iter().map(|h| h.name).collect();
+            if let Some(first) = names.iter().position(|n| n.ends_with(":release")) {
+                assert!(names[first..].iter().all(|n| n.ends_with(":release")), "{}: {names:?}", source.object);
+            }
+        }
+    }
+
     struct FakeKernel(HashMap<&'static str, usize>);
 
     impl FunctionCatalog for FakeKernel {
