@@ -6,7 +6,8 @@
 //! unit test checks). `pincg_sources.h`, the C side's `enum pincg_source`,
 //! is generated from cgroup-spec's `Source`, the one list of sources.
 //!
-//! The compiler is `$BPF_CLANG`, else `$CLANG`, else `clang` from PATH.
+//! The compiler is `$BPF_CLANG`, else `$CLANG`, else `clang` from PATH; a
+//! change of either variable or of the compiler's binary rebuilds.
 //!
 //! `PINCG_BPF_DEFINES` (space-separated `NAME` or `NAME=VALUE`) adds `-D`
 //! flags: the upgrade tests build other pincgs with it (see
@@ -31,6 +32,10 @@ fn main() {
         env::var_os(v)
     });
     let clang = PathBuf::from(clang.unwrap_or_else(|| "clang".into()));
+    // A new compiler (an upgraded clang package) rebuilds the objects.
+    if let Some(binary) = resolve(&clang) {
+        println!("cargo:rerun-if-changed={}", binary.display());
+    }
     write_sources_header(&out);
 
     // One BPF object per pin source (plus the refusal points), so each
@@ -89,6 +94,17 @@ fn main() {
     for header in ["pincg.h", "vmlinux.h"] {
         println!("cargo:rerun-if-changed={}", include.join(header).display());
     }
+}
+
+/// Where `program` is: itself if it names a path, else the first match
+/// on PATH (symbolic links followed, so a changed target is seen).
+fn resolve(program: &std::path::Path) -> Option<PathBuf> {
+    let found = if program.components().count() > 1 {
+        Some(program.to_path_buf())
+    } else {
+        env::split_paths(&env::var_os("PATH")?).map(|dir| dir.join(program)).find(|p| p.is_file())
+    };
+    found.and_then(|p| fs::canonicalize(p).ok())
 }
 
 /// `enum pincg_source` from [`Source`]: its constants in id order and
