@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pincg_bpf::ledger::{Ledger, Mode};
-use pincg_bpf::loader::{self, HookState, HookStatus, LedgerObjects};
+use pincg_bpf::loader::{self, HookState, HookStatus, LedgerCapacity};
 use pincg_bpf::paths::PinPaths;
 use pincg_bpf::preflight;
 use pincg_cgroup_spec::config::NodeBudget;
@@ -47,8 +47,8 @@ pub struct Options {
     /// All pins on the node together; enforced as the root cgroup's limit.
     pub node_budget: Option<NodeBudget>,
     pub metrics: crate::metrics::Filter,
-    /// Capacity of a ledger created now (`--ledger-objects`).
-    pub ledger_objects: LedgerObjects,
+    /// Capacity of a ledger created now (`--ledger-objects`, `--ledger-cgroups`).
+    pub ledger: LedgerCapacity,
     /// The NRI plugin and its pod policy.
     pub nri: pincg_cgroup_spec::config::Nri,
 }
@@ -72,6 +72,8 @@ pub struct Sampler {
 struct Removed {
     unused_usage: Vec<u64>,
     limits: Vec<u64>,
+    /// The usage map's reserve slots that hold their placeholder.
+    reserve: Vec<u64>,
     /// Why the scan was incomplete, if it was: then nothing here is removed.
     incomplete: Option<String>,
 }
@@ -101,7 +103,7 @@ impl Sampler {
     /// removed.)
     fn read(&mut self) -> anyhow::Result<(Snapshot, Removed)> {
         let started = Instant::now();
-        let usage = self.ledger.usage()?;
+        let (usage, reserve) = self.ledger.usage_and_reserve()?;
         let limits = self.ledger.limits()?;
         let cgroup_root = self.pins.cgroup_root();
         let tree = CgroupTree::scan(cgroup_root)
@@ -111,6 +113,7 @@ impl Sampler {
             unused_usage: usage.iter().filter(|u| unused(u) && !tree.contains(u.cgroup)).map(|u| u.cgroup).collect(),
             limits: limits.keys().filter(|id| !tree.contains(**id)).copied().collect(),
             incomplete: tree.complete().err().map(|(n, first)| format!("{n} unreadable, first {first}")),
+            reserve,
         };
         let mut rows = Snapshot::build(&tree, &usage, &limits);
         self.name_vms_in_pods(&mut rows)?;
@@ -129,6 +132,7 @@ impl Sampler {
             node_budget: None,
             sample_duration: started.elapsed(),
             capacity: self.ledger.capacity(),
+            usage_reserve: removed.reserve.len() as u64,
             preexisting: HashMap::new(),
             preexisting_complete: None,
             scan_incomplete: removed.incomplete.clone(),
@@ -156,6 +160,27 @@ impl Sampler {
         }
         for &cgroup in &removed.limits {
             self.ledger.forget_limit(cgroup)?;
+        }
+        Ok(())
+    }
+
+    /// The agent's upkeep of the usage map's reserve (see
+    /// `Ledger::keep_reserve`): the placeholders taken for limited cgroups
+    /// are put back as room frees up; a shortfall is reported once per
+    /// window.
+    fn keep_reserve(&mut self, removed: &Removed) -> anyhow::Result<()> {
+        if removed.reserve.len() as u64 >= self.ledger.reserve_size() {
+            return Ok(());
+        }
+        let short = self.ledger.keep_reserve(&removed.reserve)?;
+        if short > 0 {
+            logging::report(
+                Level::WARN,
+                format!(
+                    "usage map full: {short} of the {} entries it keeps for limited cgroups are theirs now",
+                    self.ledger.reserve_size()
+                ),
+            );
         }
         Ok(())
     }
@@ -201,13 +226,13 @@ impl Sampler {
 
     /// Attach hooks whose module appeared, drop those whose module went.
     /// Parsing BTF is expensive: done only when a module came or went.
-    fn refresh_hooks(&mut self, pins: &PinPaths, objects: LedgerObjects) -> anyhow::Result<()> {
+    fn refresh_hooks(&mut self, pins: &PinPaths, capacity: LedgerCapacity) -> anyhow::Result<()> {
         let modules = loader::module_instances();
         if modules == self.modules {
             return Ok(());
         }
         self.modules = modules;
-        if let Some(hooks) = loader::refresh(pins, &self.hooks, objects)? {
+        if let Some(hooks) = loader::refresh(pins, &self.hooks, capacity)? {
             let hooks = preflight::Policy::read().restrict(hooks);
             let changed: Vec<HookStatus> = hooks
                 .iter()
@@ -240,13 +265,13 @@ impl Round {
     /// a full disk) is logged and retried; it never stops the agent, but
     /// `/healthz` fails when rounds keep failing. A problem that recurs
     /// every round is logged once per [`logging::REPEAT_WINDOW`].
-    fn repeat(mut self, interval: Duration, pins: &PinPaths, objects: LedgerObjects, shared: &Shared) {
+    fn repeat(mut self, interval: Duration, pins: &PinPaths, capacity: LedgerCapacity, shared: &Shared) {
         let mut modules_checked = Instant::now();
         loop {
             let started = Instant::now();
             if modules_checked.elapsed() >= MODULE_POLL {
                 modules_checked = Instant::now();
-                if let Err(e) = self.sampler.refresh_hooks(pins, objects) {
+                if let Err(e) = self.sampler.refresh_hooks(pins, capacity) {
                     logging::report(Level::WARN, format!("checking module hooks: {e:#}"));
                 }
             }
@@ -266,6 +291,7 @@ impl Round {
     fn run(&mut self) -> anyhow::Result<Snapshot> {
         let (mut snapshot, removed) = self.sampler.read()?;
         self.sampler.forget_removed(&removed)?;
+        self.sampler.keep_reserve(&removed)?;
         let complete = removed.incomplete.is_none();
         let live: HashSet<u64> = snapshot.rows.iter().filter(|r| r.path.is_some()).map(|r| r.id).collect();
         {
@@ -330,7 +356,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     for (check, state) in policy.lines() {
         info!("kernel policy: {check} {state}");
     }
-    let hooks = policy.restrict(loader::load_all(&opts.pins, opts.ledger_objects)?);
+    let hooks = policy.restrict(loader::load_all(&opts.pins, opts.ledger)?);
     report_hooks(&hooks);
     if !hooks.iter().any(HookStatus::is_live) {
         let reason = hooks.iter().find_map(|h| match &h.state {
@@ -340,7 +366,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         bail!("no hook could be attached: {}", reason.unwrap_or_else(|| "no sources".into()));
     }
     let ledger = Ledger::open(&opts.pins)?;
-    report_capacity(&ledger, opts.ledger_objects);
+    report_capacity(&ledger, opts.ledger);
     ledger.set_mode(opts.mode)?;
     info!("mode {}", opts.mode);
     let node_budget = match opts.node_budget {
@@ -405,7 +431,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .name("pincg-rounds".into())
         .spawn(move || {
             let _ended = ended;
-            round.repeat(opts.interval, &pins, opts.ledger_objects, &rounds)
+            round.repeat(opts.interval, &pins, opts.ledger, &rounds)
         })
         .context("starting the round thread")?;
 
@@ -420,17 +446,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The ledger's capacity, and whether `--ledger-objects` could apply: an
-/// existing pinned ledger keeps the size it was created with.
-fn report_capacity(ledger: &Ledger, asked: LedgerObjects) {
-    let objects = ledger.capacity().into_iter().find(|(map, _)| *map == "objects").map_or(0, |(_, n)| n);
-    match asked {
-        Some(n) if n != objects => warn!(
-            "ledger capacity {objects} pin objects: the pinned ledger keeps its size; \
-             --ledger-objects {n} applies to a new ledger (after `pincg unload`)"
-        ),
-        _ => info!("ledger capacity {objects} pin objects"),
+/// The ledger's capacity, and whether `--ledger-objects` and
+/// `--ledger-cgroups` could apply: an existing pinned ledger keeps the size
+/// it was created with.
+fn report_capacity(ledger: &Ledger, asked: LedgerCapacity) {
+    let has = |name: &str| ledger.capacity().into_iter().find(|(map, _)| *map == name).map_or(0, |(_, n)| n);
+    let (objects, cgroups) = (has("objects"), has("usage"));
+    for (flag, wanted, kept) in [("ledger-objects", asked.objects, objects), ("ledger-cgroups", asked.cgroups, cgroups)]
+    {
+        if let Some(n) = wanted.filter(|n| *n != kept) {
+            warn!("--{flag} {n} applies to a new ledger (after `pincg unload`): the pinned ledger keeps its size");
+        }
     }
+    info!("ledger capacity {objects} pin objects, {cgroups} cgroups");
 }
 
 fn report_hooks(hooks: &[HookStatus]) {

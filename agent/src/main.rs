@@ -64,6 +64,11 @@ enum Command {
         /// and count as ledger_full.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         ledger_objects: Option<u32>,
+        /// Cgroups the ledger can keep usage for [default: 16384], fixed
+        /// like --ledger-objects. The BPF programs fill it only up to 7/8;
+        /// the last eighth is for cgroups given a limit.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(8..))]
+        ledger_cgroups: Option<u32>,
     },
     /// Write a cgroup's pins.max, pins.high or pins.max.action and wait
     /// until the kernel enforces it.
@@ -149,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let pins = || -> anyhow::Result<PinPaths> { Ok(PinPaths::new(&cli.pin_root, cgroup_root()?)) };
     match cli.command {
-        Command::Agent { mirror_root, interval_ms, config, ledger_objects } => {
+        Command::Agent { mirror_root, interval_ms, config, ledger_objects, ledger_cgroups } => {
             let (config, origin) = config.load()?;
             let opts = agent::Options {
                 configuration: origin.to_string(),
@@ -163,7 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     all_cgroups: config.metrics.all_cgroups,
                     prefixes: config.metrics.cgroup_prefixes,
                 },
-                ledger_objects,
+                ledger: pincg_bpf::loader::LedgerCapacity { objects: ledger_objects, cgroups: ledger_cgroups },
                 nri: config.nri,
             };
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::run(opts))

@@ -207,6 +207,12 @@ pub fn render(snapshot: &Snapshot, filter: &Filter) -> String {
         e.sample("pincg_ledger_capacity", &mut [("map", map)], capacity);
     }
     e.family(
+        "pincg_ledger_usage_reserve",
+        "gauge",
+        "Entries of the usage map kept for cgroups given a limit (the BPF programs cannot fill them), still free.",
+    );
+    e.sample("pincg_ledger_usage_reserve", &mut [], snapshot.usage_reserve);
+    e.family(
         "pincg_sample_duration_seconds",
         "gauge",
         "How long the last read of the ledger and the cgroup tree took.",

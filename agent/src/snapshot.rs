@@ -104,6 +104,8 @@ pub struct Snapshot {
     pub sample_duration: std::time::Duration,
     /// Entries each ledger map can hold.
     pub capacity: Vec<(&'static str, u32)>,
+    /// Entries of the usage map kept for limited cgroups, not yet theirs.
+    pub usage_reserve: u64,
     /// Bytes pinned or locked before the ledger existed, by cgroup path.
     pub preexisting: HashMap<String, u64>,
     /// Whether the agent's scan for them read every process (`None`: no

@@ -47,6 +47,11 @@ pub enum Error {
     ReaderLoad { source: libbpf_rs::Error },
     #[error("reading map {map} through its iterator read_{map}")]
     Reader { map: &'static str, source: libbpf_rs::Error },
+    #[error(
+        "cgroup {cgroup}: no room for its usage entry (usage map of {capacity} entries full, its reserve \
+         used up): its limit is not put in force"
+    )]
+    UsageFull { cgroup: u64, capacity: u32, source: libbpf_rs::Error },
     #[error("map {map}: entry of {found} bytes, expected {expected}")]
     EntrySize { map: &'static str, found: usize, expected: usize },
 }

@@ -131,11 +131,24 @@ impl Ledger {
 
     /// Usage of every cgroup that has an entry.
     pub fn usage(&self) -> Result<Vec<CgroupUsage>, Error> {
+        Ok(self.usage_and_reserve()?.0)
+    }
+
+    /// Usage of every cgroup that has an entry, and the slots of the
+    /// usage map's reserve that hold a placeholder now (see
+    /// [`Ledger::keep_reserve`]).
+    pub fn usage_and_reserve(&self) -> Result<(Vec<CgroupUsage>, Vec<u64>), Error> {
         let mut out = Vec::new();
+        let mut reserve = Vec::new();
         for (key, value) in self.reader()?.entries(&self.usage, "usage")? {
+            let cgroup = decode::<u64>("usage", &key)?;
+            if cgroup & RESERVE_KEY != 0 {
+                reserve.push(cgroup & !RESERVE_KEY);
+                continue;
+            }
             let raw: types::cgroup_usage = decode("usage", &value)?;
             out.push(CgroupUsage {
-                cgroup: decode::<u64>("usage", &key)?,
+                cgroup,
                 local: PerSource(raw.local),
                 total: PerSource(raw.total),
                 pinned: raw.pinned,
@@ -143,7 +156,63 @@ impl Ledger {
                 events: Events { high: raw.events_high, max: raw.events_max },
             });
         }
-        Ok(out)
+        Ok((out, reserve))
+    }
+
+    /// Slots of the usage map the BPF programs cannot fill: the last
+    /// eighth of it holds placeholder entries (keys no cgroup has), which
+    /// only the agent removes, to make the entry of a cgroup it gives a
+    /// limit. So a tenant that makes thousands of cgroups and pins in each
+    /// fills the map only up to the reserve, and a limit set afterwards
+    /// still finds room for the entry it is checked against (without one,
+    /// every request of that cgroup would be refused).
+    pub fn reserve_size(&self) -> u64 {
+        u64::from(self.usage.max_entries() / 8)
+    }
+
+    /// Put back the placeholders missing from the reserve (`present`: the
+    /// slots [`Ledger::usage_and_reserve`] found), until the map is full;
+    /// returns how many are still missing then.
+    pub fn keep_reserve(&self, present: &[u64]) -> Result<u64, Error> {
+        let present: std::collections::HashSet<u64> = present.iter().copied().collect();
+        let missing: Vec<u64> = (0..self.reserve_size()).filter(|s| !present.contains(s)).collect();
+        for (made, slot) in missing.iter().enumerate() {
+            match self.make_usage(RESERVE_KEY | slot) {
+                Ok(_) => {}
+                Err(e) if is_full(&e) => return Ok((missing.len() - made) as u64),
+                Err(source) => return Err(Error::Pinned { path: "usage".into(), source }),
+            }
+        }
+        Ok(0)
+    }
+
+    /// Make `cgroup`'s usage entry unless it has one, taking a slot of the
+    /// reserve when the map is full.
+    fn ensure_usage(&self, cgroup: u64) -> Result<(), Error> {
+        for slot in 0..=self.reserve_size() {
+            match self.make_usage(cgroup) {
+                Ok(_) => return Ok(()),
+                Err(e) if is_full(&e) && slot < self.reserve_size() => {
+                    // A program may take the freed slot first: try the next.
+                    let _ = self.usage.delete(&(RESERVE_KEY | slot).to_ne_bytes());
+                }
+                Err(source) => {
+                    return Err(Error::UsageFull { cgroup, capacity: self.usage.max_entries(), source });
+                }
+            }
+        }
+        unreachable!("the last slot's error returns")
+    }
+
+    /// Add a zeroed usage entry for `cgroup`: true if made, false if it
+    /// had one.
+    fn make_usage(&self, cgroup: u64) -> libbpf_rs::Result<bool> {
+        let zero = types::cgroup_usage::default();
+        match self.usage.update(&cgroup.to_ne_bytes(), as_bytes(&zero), MapFlags::NO_EXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every live pin object.
@@ -188,12 +257,14 @@ impl Ledger {
     }
 
     /// Put `limit` in force for `cgroup`; a limit of `max`/`max` with the
-    /// default action removes the entry (no limit costs nothing).
+    /// default action removes the entry (no limit costs nothing). A limited
+    /// cgroup gets its usage entry first, from the reserve if need be.
     pub fn set_limit(&self, cgroup: u64, limit: &CgroupLimit) -> Result<(), Error> {
         let key = cgroup.to_ne_bytes();
         if limit.max == Limit::Max && limit.high == Limit::Max {
             return delete(&self.limits, "limits", cgroup);
         }
+        self.ensure_usage(cgroup)?;
         let bytes = |l: Limit| match l {
             Limit::Bytes(b) => b,
             Limit::Max => u64::MAX,
@@ -303,6 +374,15 @@ impl Ledger {
     fn lookup(&self, map: &MapHandle, name: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         map.lookup(key, MapFlags::ANY).map_err(|source| Error::Pinned { path: name.into(), source })
     }
+}
+
+/// Usage keys with this bit are the reserve's placeholders: cgroup ids are
+/// kernfs ids (inode number, generation above it), far below 2^63.
+const RESERVE_KEY: u64 = 1 << 63;
+
+/// A hash map's "no room" (E2BIG from a full preallocated map).
+fn is_full(e: &libbpf_rs::Error) -> bool {
+    e.kind() == libbpf_rs::ErrorKind::TooBig
 }
 
 /// Delete the entry of `cgroup` from a map keyed by cgroup id; one that is

@@ -113,15 +113,31 @@ impl HookStatus {
     }
 }
 
-/// Capacity of the `objects` map (live pin objects) of a ledger created by
-/// this load; `None` keeps the compiled size (`PINCG_MAX_OBJECTS`). A
+/// Capacity of a ledger created by this load: its `objects` map (live pin
+/// objects) and its `usage` map (cgroups with pins or a limit); `None`
+/// keeps the compiled size (`PINCG_MAX_OBJECTS`, `PINCG_MAX_CGROUPS`). A
 /// ledger already pinned keeps the capacity it was created with.
-pub type LedgerObjects = Option<u32>;
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerCapacity {
+    pub objects: Option<u32>,
+    pub cgroups: Option<u32>,
+}
+
+impl LedgerCapacity {
+    /// What a new ledger's map `name` is sized to, if this load sizes it.
+    fn of(&self, name: &str) -> Option<u32> {
+        match name {
+            "objects" => self.objects,
+            "usage" => self.cgroups,
+            _ => None,
+        }
+    }
+}
 
 /// Load every source whose hooks exist on this kernel. Sources that cannot
 /// attach are reported, not fatal; a ledger that cannot be created or
 /// reused is, and then before any program was changed.
-pub fn load_all(paths: &PinPaths, objects: LedgerObjects) -> Result<Vec<HookStatus>, Error> {
+pub fn load_all(paths: &PinPaths, capacity: LedgerCapacity) -> Result<Vec<HookStatus>, Error> {
     quiet_libbpf();
     for dir in [paths.maps_dir(), paths.links_dir(), paths.builds_dir()] {
         fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
@@ -132,12 +148,12 @@ pub fn load_all(paths: &PinPaths, objects: LedgerObjects) -> Result<Vec<HookStat
     // loaded or replaced (an object that does not open is reported below).
     for source in hooks::ALL_SOURCES {
         if let (Ok(chosen), Ok(mut open)) = (choose(source, &kernel), open_object(source.object)) {
-            prepare(&mut open, source, &chosen, paths, objects, running(source, paths)?.as_ref())?;
+            prepare(&mut open, source, &chosen, paths, capacity, running(source, paths)?.as_ref())?;
         }
     }
     let mut statuses = Vec::new();
     for source in hooks::ALL_SOURCES {
-        statuses.extend(load_source(source, &kernel, paths, objects)?);
+        statuses.extend(load_source(source, &kernel, paths, capacity)?);
     }
     Ok(statuses)
 }
@@ -157,7 +173,7 @@ pub fn module_instances() -> Vec<(&'static str, Option<u64>)> {
 pub fn refresh(
     paths: &PinPaths,
     current: &[HookStatus],
-    objects: LedgerObjects,
+    capacity: LedgerCapacity,
 ) -> Result<Option<Vec<HookStatus>>, Error> {
     let kernel = KernelBtf::load()?;
     let mut changed = false;
@@ -170,7 +186,7 @@ pub fn refresh(
             before.iter().any(|h| matches!(h.state, HookState::WaitingForModule(m) if kernel.module_loaded(m)));
         if stale || waiting {
             changed = true;
-            statuses.extend(load_source(source, &kernel, paths, objects)?);
+            statuses.extend(load_source(source, &kernel, paths, capacity)?);
         } else {
             statuses.extend(before.into_iter().cloned());
         }
@@ -214,7 +230,7 @@ fn load_source(
     source: &'static SourceHooks,
     kernel: &KernelBtf,
     paths: &PinPaths,
-    objects: LedgerObjects,
+    capacity: LedgerCapacity,
 ) -> Result<Vec<HookStatus>, Error> {
     let chosen = match choose(source, kernel) {
         Ok(chosen) => chosen,
@@ -248,7 +264,7 @@ fn load_source(
         Ok(open) => open,
         Err(e) => return refused(e),
     };
-    prepare(&mut open, source, &chosen, paths, objects, running.as_ref())?;
+    prepare(&mut open, source, &chosen, paths, capacity, running.as_ref())?;
     let object = match open.load() {
         Ok(object) => object,
         Err(e) => return refused(e),
@@ -276,15 +292,13 @@ pub(crate) fn open_object(name: &str) -> libbpf_rs::Result<OpenObject> {
 /// Whether the pinned shared map `pinned` (named `name`) has this build's
 /// layout: what readers of the ledger check before decoding it. Every
 /// object has the same shared maps; the first one's are taken. The
-/// capacity of `objects` is whatever the ledger was created with.
+/// capacity of a map is whatever the ledger was created with.
 pub(crate) fn check_shared(name: &str, pinned: &MapHandle, path: &Path) -> Result<(), Error> {
     let object = hooks::ALL_SOURCES[0].object;
     let mut open = open_object(object).map_err(|source| Error::Object { object, source })?;
     let btf = Btf::of_object(libbpf_rs::AsRawLibbpf::as_libbpf_object(&open));
     let Some(mut map) = open.maps_mut().find(|m| m.name() == name) else { return Ok(()) };
-    if name == "objects" {
-        map.set_max_entries(pinned.max_entries()).map_err(|source| Error::Pinned { path: path.into(), source })?;
-    }
+    map.set_max_entries(pinned.max_entries()).map_err(|source| Error::Pinned { path: path.into(), source })?;
     same_layout(pinned, &map, btf.as_ref(), || path.display().to_string())
 }
 
@@ -345,14 +359,14 @@ fn forget_build(paths: &PinPaths, object: &str) -> Result<(), Error> {
 /// Load only the chosen variants; share the ledger maps through their pins,
 /// and, when replacing `running` programs, their in-flight maps and globals
 /// (not their read-only data: that is this build's). Every map reused must
-/// have exactly this build's layout. The `objects` map gets the capacity
-/// asked for if it is created now, and that of the pinned one otherwise.
+/// have exactly this build's layout. The `objects` and `usage` maps get the
+/// capacity asked for if created now, and that of the pinned one otherwise.
 fn prepare(
     open: &mut OpenObject,
     source: &SourceHooks,
     chosen: &[&Variant],
     paths: &PinPaths,
-    objects: LedgerObjects,
+    capacity: LedgerCapacity,
     running: Option<&Running>,
 ) -> Result<(), Error> {
     for mut prog in open.progs_mut() {
@@ -365,10 +379,8 @@ fn prepare(
         if SHARED_MAPS.contains(&name.as_str()) {
             let path = paths.map(&name);
             let pinned = MapHandle::from_pinned_path(&path).ok();
-            if name == "objects" {
-                if let Some(entries) = pinned.as_ref().map(|p| p.max_entries()).or(objects) {
-                    map.set_max_entries(entries).map_err(|source| Error::Pinned { path: path.clone(), source })?;
-                }
+            if let Some(entries) = pinned.as_ref().map(|p| p.max_entries()).or(capacity.of(&name)) {
+                map.set_max_entries(entries).map_err(|source| Error::Pinned { path: path.clone(), source })?;
             }
             if let Some(pinned) = pinned {
                 same_layout(&pinned, &map, btf.as_ref(), || path.display().to_string())?;

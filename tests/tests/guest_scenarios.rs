@@ -198,6 +198,13 @@ fn full_ledger_fails_open_counted_and_event_floods_survive() {
     scenario_in_first_pass("exhaustion", Guest { vfio: true, ..Guest::default() }, no_setup);
 }
 
+/// A tenant filling the usage map with child cgroups leaves a limit set
+/// later the entry it is checked against (the agent's reserve).
+#[test]
+fn a_full_usage_map_blinds_no_limit() {
+    scenario_in_first_pass("usage-room", Guest { vfio: true, ..Guest::default() }, no_setup);
+}
+
 #[test]
 fn removed_cgroups_and_modules_leak_nothing() {
     scenario_in_first_pass("lifecycle", Guest { vfio: true, ..Guest::default() }, no_setup);

@@ -27,6 +27,7 @@ pub mod scale;
 pub mod shipped;
 pub mod storm;
 pub mod upgrade;
+pub mod usage_room;
 pub mod vduse;
 pub mod verifier_budget;
 pub mod vfio;
@@ -58,6 +59,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("hostile", hostile::run),
     ("escape", escape::run),
     ("exhaustion", exhaustion::run),
+    ("usage-room", usage_room::run),
     ("lifecycle", lifecycle::run),
     ("preexisting", preexisting::run),
     ("prometheus", prometheus::run),
