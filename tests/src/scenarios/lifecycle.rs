@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::process::Command;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::devices::vfio_edu_group;
 use crate::scenario::{
@@ -154,19 +154,26 @@ fn batch(from: usize, count: usize, uring: &mut Workload, vfio: &mut Workload) -
 
 /// Wait until the hash maps' entries are `expected` or, for the baseline,
 /// until `usage` holds exactly the root and [`DIR`] (the charged cgroups
-/// that exist) with no limits and no objects; returns the entries.
+/// that exist) besides the agent's reserve, with no limits and no objects;
+/// returns the entries.
 fn settled_maps(expected: Option<&BTreeMap<String, usize>>) -> Result<BTreeMap<String, usize>> {
     let mut last = BTreeMap::new();
+    let reserve: usize = crate::scenario::http_get("/metrics")?
+        .lines()
+        .find_map(|l| l.strip_prefix("pincg_ledger_usage_reserve ")?.parse().ok())
+        .context("no pincg_ledger_usage_reserve in /metrics")?;
     let what = match expected {
         Some(e) => format!("map entries = baseline {e:?}"),
-        None => "usage: 2 entries (/ and /pincg-life), limits and objects: 0".to_string(),
+        None => {
+            format!("usage: 2 entries (/ and /pincg-life) and the {reserve} kept for limits, limits and objects: 0")
+        }
     };
     wait_for(&what, || {
         last = map_entries().unwrap_or_default();
         let count = |name: &str| last.get(name).copied().unwrap_or(0);
         let done = match expected {
             Some(e) => &last == e,
-            None => count("usage") == 2 && count("limits") == 0 && count("objects") == 0,
+            None => count("usage") == 2 + reserve && count("limits") == 0 && count("objects") == 0,
         };
         (done, format!("{last:?}"))
     })?;
