@@ -570,10 +570,14 @@ static __always_inline void request_end(void)
 static __always_inline void request_open(void)
 {
 	static const struct pin_request none;
-	__u64 tid = bpf_get_current_pid_tgid();
+	struct level_walk w;
 
 	request_close(false);
-	if (!bpf_map_update_elem(&requests, &tid, &none, BPF_NOEXIST))
+	/* Only limited cgroups have events to count (and take map room). */
+	budget_of_current(&w);
+	if (!w.limited)
+		return;
+	if (!bpf_map_update_elem(&requests, &w.tid, &none, BPF_NOEXIST))
 		__sync_fetch_and_add(&pincg_requests, 1);
 }
 
