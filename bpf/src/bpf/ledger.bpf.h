@@ -164,19 +164,47 @@ static __always_inline __u64 span_walk(__u64 cgroup, __u32 tgid, __u64 addr, __u
 	return w.changed * PINCG_PAGE_SIZE;
 }
 
-static __always_inline struct cgroup_usage *usage_of(__u64 cgroup)
+/*
+ * `cgroup`'s usage entry, made if missing with `flags`: BPF_NOEXIST (a
+ * concurrent creator wins and we use its entry), or PINCG_NO_NEW_ENTRY,
+ * flags the map refuses, so that a release never makes one without a
+ * branch in the loop that calls this for every level.
+ */
+#define PINCG_NO_NEW_ENTRY (BPF_NOEXIST | BPF_EXIST)
+
+static __always_inline struct cgroup_usage *usage_with(__u64 cgroup, __u64 flags)
 {
 	static const struct cgroup_usage zero;
 	struct cgroup_usage *u = bpf_map_lookup_elem(&usage, &cgroup);
 
 	if (u)
 		return u;
-	/* BPF_NOEXIST: a concurrent creator wins and we use its entry. */
-	bpf_map_update_elem(&usage, &cgroup, &zero, BPF_NOEXIST);
+	bpf_map_update_elem(&usage, &cgroup, &zero, flags);
 	u = bpf_map_lookup_elem(&usage, &cgroup);
 	if (!u)
 		count(PINCG_CNT_USAGE_FULL);
 	return u;
+}
+
+static __always_inline struct cgroup_usage *usage_of(__u64 cgroup)
+{
+	return usage_with(cgroup, BPF_NOEXIST);
+}
+
+/*
+ * `*slot` += `delta`, where a negative delta stops at zero, without a
+ * branch; returns the sum. A release that finds less than it takes back
+ * (its charge missed that level, whose entry another charge made since)
+ * never wraps the count that limits are checked against. Counts stay
+ * below 2^63.
+ */
+static __always_inline __u64 add_floored(__u64 *slot, __s64 delta)
+{
+	__u64 now = *(volatile __u64 *)slot;
+	__u64 short_of = ((now + delta) >> 63) & ((__u64)delta >> 63);
+
+	delta += (-(now + delta)) & -short_of;
+	return __sync_fetch_and_add(slot, delta) + delta;
 }
 
 static __always_inline bool enforcing(void)
@@ -406,6 +434,7 @@ static __always_inline void apply(struct pin_object *obj, __u32 source, __s64 de
 	struct pin_request *req = NULL;
 	struct cgroup_usage *u;
 	bool kill = false;
+	__u64 flags;
 	__u32 over = 0, before = obj->over, held = 0;
 	__u32 src = source;
 	__u64 take = 0;
@@ -421,20 +450,22 @@ static __always_inline void apply(struct pin_object *obj, __u32 source, __s64 de
 			before |= req->over;
 		}
 	}
+	/* A release never makes a usage entry, nor takes a count below 0. */
+	flags = delta > 0 ? BPF_NOEXIST : PINCG_NO_NEW_ENTRY;
 	for (int i = 0; i < PINCG_MAX_DEPTH; i++) {
 		__u64 after, reserved, mine;
 		int action;
 
 		if (i >= obj->depth)
 			break;
-		u = usage_of(obj->ancestors[i]);
+		u = usage_with(obj->ancestors[i], flags);
 		if (!u)
 			continue;
 		__sync_fetch_and_add(&u->total[src], delta);
 		/* The deepest slot is the charged cgroup itself (owner_is_*). */
 		if (i == obj->depth - 1)
 			__sync_fetch_and_add(&u->local[src], delta);
-		after = __sync_fetch_and_add(&u->pinned, unique) + unique;
+		after = add_floored(&u->pinned, unique);
 		if (unique <= 0)
 			continue;
 		/* Pinned first, reserved after: the sum never dips below the truth. */
