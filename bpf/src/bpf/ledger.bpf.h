@@ -598,17 +598,29 @@ static __always_inline void request_end(void)
  * went over, so one registration of many buffers is one `max` event, one
  * overrun and one kill, as a refused request is one event.
  */
+static long limit_step(__u64 i, __u32 *limited)
+{
+	__u64 id = bpf_get_current_ancestor_cgroup_id(i & (PINCG_MAX_DEPTH - 1));
+
+	if (!id)
+		return 1;
+	*limited = !!bpf_map_lookup_elem(&limits, &id);
+	return *limited;
+}
+
 static __always_inline void request_open(void)
 {
 	static const struct pin_request none;
-	struct level_walk w;
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u32 limited = 0;
 
 	request_close(false);
-	/* Only limited cgroups have events to count (and take map room). */
-	budget_of_current(&w);
-	if (!w.limited)
+	/* Only limited cgroups have events to count (and take map room); a
+	 * look at the limits, which makes no usage entry. */
+	bpf_loop(PINCG_MAX_DEPTH, limit_step, &limited, 0);
+	if (!limited)
 		return;
-	if (!bpf_map_update_elem(&requests, &w.tid, &none, BPF_NOEXIST))
+	if (!bpf_map_update_elem(&requests, &tid, &none, BPF_NOEXIST))
 		__sync_fetch_and_add(&pincg_requests, 1);
 }
 
