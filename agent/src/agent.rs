@@ -68,7 +68,8 @@ pub struct Sampler {
     skipped_cleanup: Option<String>,
 }
 
-/// Ledger entries of cgroups a sample's scan did not find.
+/// What the agent's upkeep works from: ledger entries of cgroups a
+/// sample's scan did not find, and the usage map's reserve as read.
 struct Removed {
     unused_usage: Vec<u64>,
     limits: Vec<u64>,

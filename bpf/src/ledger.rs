@@ -189,19 +189,18 @@ impl Ledger {
     /// Make `cgroup`'s usage entry unless it has one, taking a slot of the
     /// reserve when the map is full.
     fn ensure_usage(&self, cgroup: u64) -> Result<(), Error> {
-        for slot in 0..=self.reserve_size() {
+        let mut slots = 0..self.reserve_size();
+        loop {
             match self.make_usage(cgroup) {
                 Ok(_) => return Ok(()),
-                Err(e) if is_full(&e) && slot < self.reserve_size() => {
-                    // A program may take the freed slot first: try the next.
-                    let _ = self.usage.delete(&(RESERVE_KEY | slot).to_ne_bytes());
-                }
-                Err(source) => {
-                    return Err(Error::UsageFull { cgroup, capacity: self.usage.max_entries(), source });
-                }
+                // A program may take the freed slot first: then the next.
+                Err(e) if is_full(&e) => match slots.next() {
+                    Some(slot) => drop(self.usage.delete(&(RESERVE_KEY | slot).to_ne_bytes())),
+                    None => return Err(Error::UsageFull { cgroup, capacity: self.usage.max_entries(), source: e }),
+                },
+                Err(source) => return Err(Error::Pinned { path: "usage".into(), source }),
             }
         }
-        unreachable!("the last slot's error returns")
     }
 
     /// Add a zeroed usage entry for `cgroup`: true if made, false if it

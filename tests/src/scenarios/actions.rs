@@ -48,26 +48,9 @@ fn refused_before_pinning() -> Result<()> {
 /// 6.1/6.12: the cgroup's action applies once the ledger shows the overrun.
 fn acted_after() -> Result<()> {
     step("alert: a 64 MiB registration over a 32 MiB budget is counted, nothing else");
-    let alert = limited("pincg-actions/alert", "alert")?;
-    let mut w = Workload::spawn("alerted", &alert, &["io_uring"])?;
-    w.run("ring")?;
-    w.run("register 64M")?;
-    alert.expect_current(64 * MIB)?;
-    alert.expect_file("pins.events.local", "high 0\nmax 1\n")?;
-    expect_metric("pincg_overruns_total{source=\"io_uring\"} 1")?;
-    w.run("unregister")?;
-    alert.expect_current(0)?;
-
+    alerted("alert", "register 64M", 1)?;
     step("alert: one registration of four 16 MiB buffers over a 32 MiB budget is one request: one event, one overrun");
-    let batch = limited("pincg-actions/batch", "alert")?;
-    let mut w = Workload::spawn("batched", &batch, &["io_uring"])?;
-    w.run("ring")?;
-    w.run("register-n 4 16M")?;
-    batch.expect_current(64 * MIB)?;
-    batch.expect_file("pins.events.local", "high 0\nmax 1\n")?;
-    expect_metric("pincg_overruns_total{source=\"io_uring\"} 2")?;
-    w.run("unregister")?;
-    batch.expect_current(0)?;
+    alerted("batch", "register-n 4 16M", 2)?;
 
     step("kill: the pinning task is killed by SIGKILL, synchronously; teardown returns the charge");
     let kill = limited("pincg-actions/kill", "kill")?;
@@ -120,6 +103,21 @@ fn high_crossings() -> Result<()> {
 }
 
 /// A cgroup with a 32 MiB pins.max and the given action.
+/// In a new cgroup `pincg-actions/<name>` with a 32 MiB budget and action
+/// alert, `register` pins 64 MiB: counted as one `max` event, the node's
+/// `overruns`-th io_uring overrun, nothing else; then released.
+fn alerted(name: &str, register: &str, overruns: u64) -> Result<()> {
+    let cg = limited(&format!("pincg-actions/{name}"), "alert")?;
+    let mut w = Workload::spawn(name, &cg, &["io_uring"])?;
+    w.run("ring")?;
+    w.run(register)?;
+    cg.expect_current(64 * MIB)?;
+    cg.expect_file("pins.events.local", "high 0\nmax 1\n")?;
+    expect_metric(&format!("pincg_overruns_total{{source=\"io_uring\"}} {overruns}"))?;
+    w.run("unregister")?;
+    cg.expect_current(0)
+}
+
 fn limited(rel: &str, action: &str) -> Result<Cgroup> {
     let cg = Cgroup::create(rel)?;
     println!("   {}", pincg(&["set", rel, "max", "32M"])?.trim());
