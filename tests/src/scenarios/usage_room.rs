@@ -1,5 +1,6 @@
 //! No tenant blinds the node by filling the usage map (one entry per
-//! cgroup with pins). The agent runs with `--ledger-cgroups 64` and keeps
+//! cgroup with pins). The agent runs under the systemd unit's settings
+//! with `--ledger-cgroups 64` and keeps
 //! 8 of its entries as placeholders, which only it removes, to make the
 //! entry of a cgroup it gives a limit. A tenant with a 1 MiB pins.max
 //! makes 70 child cgroups and maps a page in each: the BPF programs fill
@@ -34,7 +35,9 @@ fn usage_entries() -> Result<usize> {
 pub fn run() -> Result<()> {
     let parent = Cgroup::create("pincg-usage")?;
     let tenant = Cgroup::create("pincg-usage/tenant")?;
-    let _agent = Agent::start_with(&["--mode", "enforce", "--ledger-cgroups", &CAPACITY.to_string()])?;
+    // As the systemd unit ships it: its capabilities, sandbox and cgroup.
+    let view = crate::shipped::View::unit()?;
+    let _agent = Agent::start_as(&view, &["--mode", "enforce", "--ledger-cgroups", &CAPACITY.to_string()])?;
     expect_metric(&format!("pincg_ledger_capacity{{map=\"usage\"}} {CAPACITY}"))?;
     expect_metric(&format!("pincg_ledger_usage_reserve {RESERVE}"))?;
     let group = vfio_edu_group()?.to_string_lossy().into_owned();
