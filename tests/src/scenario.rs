@@ -53,6 +53,12 @@ pub fn io_uring_refused() -> (bool, &'static str) {
     }
 }
 
+/// The median of `values` (a NaN sorts as equal to anything).
+pub fn median<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
+}
+
 /// Say, visibly, that a step does not apply to this kernel.
 pub fn skip(what: &str, why: &str) {
     println!("   SKIPPED {what}: {why}");

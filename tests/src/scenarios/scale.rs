@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use crate::scenario::{http_get, sibling_binary, step, wait_for, wait_for_within, Agent, Cgroup, Workload};
+use crate::scenario::{http_get, median, sibling_binary, step, wait_for, wait_for_within, Agent, Cgroup, Workload};
 
 const DIR: &str = "pincg-scale";
 const PER_CGROUP: usize = 10;
@@ -79,25 +79,33 @@ fn measure(cgroups: usize, crossings: usize, spreader: &mut Workload) -> Result<
     };
     // Let a few agent rounds run at this size before reading their cost.
     std::thread::sleep(Duration::from_millis(500));
-    let sample = Duration::from_secs_f64(median_f64(
+    let sample = Duration::from_secs_f64(median(
         (0..5).map(|_| metric("pincg_sample_duration_seconds")).collect::<Result<_>>()?,
     ));
     let rss = metric("pincg_agent_resident_bytes")? as u64;
     let mut scrape_bytes = 0;
-    let scrape = median((0..5).map(|_| {
-        let t = Instant::now();
-        scrape_bytes = http_get("/metrics")?.len();
-        Ok(t.elapsed())
-    }))?;
-    let status = median((0..3).map(|_| timed(&["status"])))?;
-    let explain = median((0..3).map(|_| timed(&["explain", "--json", "/"])))?;
+    let scrape = median(
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                scrape_bytes = http_get("/metrics")?.len();
+                Ok(t.elapsed())
+            })
+            .collect::<Result<_>>()?,
+    );
+    let status = median((0..3).map(|_| timed(&["status"])).collect::<Result<_>>()?);
+    let explain = median((0..3).map(|_| timed(&["explain", "--json", "/"])).collect::<Result<_>>()?);
     let read_rate = objects as f64 / explain.as_secs_f64();
 
     // pincg set: time to in force, as the command reports it.
-    let set = median((0..5).map(|i| {
-        let out = pincg_json(&["set", "--json", &format!("/{DIR}/c0"), "max", &format!("{}M", 1 + i)])?;
-        Ok(Duration::from_millis(out["in_force_after_ms"].as_u64().context("set did not wait")?))
-    }))?;
+    let set = median(
+        (0..5)
+            .map(|i| {
+                let out = pincg_json(&["set", "--json", &format!("/{DIR}/c0"), "max", &format!("{}M", 1 + i)])?;
+                Ok(Duration::from_millis(out["in_force_after_ms"].as_u64().context("set did not wait")?))
+            })
+            .collect::<Result<_>>()?,
+    );
 
     // A pins.high crossing: c1 holds PER_CGROUP pages (plus one per earlier
     // crossing); high at that, one more page crosses it.
@@ -126,17 +134,6 @@ fn pincg_json(args: &[&str]) -> Result<serde_json::Value> {
     let out = Command::new(sibling_binary("pincg")?).args(args).output()?;
     ensure!(out.status.success(), "pincg {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-fn median(samples: impl Iterator<Item = Result<Duration>>) -> Result<Duration> {
-    let mut v: Vec<Duration> = samples.collect::<Result<_>>()?;
-    v.sort();
-    Ok(v[v.len() / 2])
-}
-
-fn median_f64(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn print_table(rows: &[Row]) {
