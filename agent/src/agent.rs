@@ -22,6 +22,7 @@ use tracing::{info, warn, Level};
 use crate::cgroupfs::CgroupTree;
 use crate::http::{self, Endpoint, Shared};
 use crate::labels::qemu_guest_name;
+use crate::limit_watch::LimitWatch;
 use crate::limits::Limits;
 use crate::logging;
 use crate::mirror::Mirror;
@@ -258,6 +259,9 @@ struct Round {
     preexisting_checked: Instant,
     /// The NRI plugin's state, when it runs.
     nri: Option<Arc<crate::nri::Status>>,
+    /// Wakes the wait between rounds when a limit file is written; `None`
+    /// where inotify could not be set up (limits then wait for the round).
+    watch: Option<LimitWatch>,
 }
 
 impl Round {
@@ -285,7 +289,24 @@ impl Round {
                 }
             }
             logging::flush_repeats();
-            std::thread::sleep(interval.saturating_sub(started.elapsed()));
+            self.wait_for_round(started + interval);
+        }
+    }
+
+    /// Until `next`, put in force the limit files written meanwhile, each
+    /// as it is written (the round after reads them all again anyway).
+    fn wait_for_round(&mut self, next: Instant) {
+        while let Some(left) = next.checked_duration_since(Instant::now()) {
+            let Some(watch) = &mut self.watch else { return std::thread::sleep(left) };
+            let written = watch.wait(left);
+            if written.is_empty() {
+                continue;
+            }
+            let nri = self.nri.clone();
+            let _plugin_waits = nri.as_ref().map(|n| n.limits_lock.lock().expect("never poisoned"));
+            for (cgroup, rel) in written {
+                self.limits.sync(self.sampler.ledger(), cgroup, self.mirror.root(), &rel);
+            }
         }
     }
 
@@ -326,6 +347,9 @@ impl Round {
         snapshot.preexisting_complete = self.preexisting.complete();
         self.mirror.update(&snapshot.rows, complete, |row| self.limits.seed(row))?;
         snapshot.limit_errors += self.mirror.errors;
+        if let Some(watch) = &mut self.watch {
+            watch.keep(self.mirror.root(), snapshot.rows.iter().filter_map(|r| Some((r.id, r.path.as_deref()?))));
+        }
         for row in &snapshot.rows {
             self.freeze_if_over(row);
         }
@@ -394,6 +418,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         preexisting: if fresh_ledger { Preexisting::scan() } else { Preexisting::default() },
         preexisting_checked: Instant::now(),
         nri: None,
+        watch: LimitWatch::new()
+            .inspect_err(|e| warn!("inotify: {e}: limits written to the mirror are put in force at the next round"))
+            .ok(),
     };
     for (cgroup, bytes) in round.preexisting.by_cgroup() {
         warn!("{cgroup}: {bytes} bytes were pinned or locked before pincg started; not in its ledger");

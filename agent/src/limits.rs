@@ -38,8 +38,13 @@ pub struct LimitFileError {
     pub reason: String,
 }
 
-/// What identifies a version of a file without reading it.
-type Stamp = (u64, i64, i64, u64);
+/// What identifies a version of a file without reading it: inode, length,
+/// and modification and change times (ns).
+type Stamp = (u64, u64, i128, i128);
+
+/// A file changed less than this before it was read may change again
+/// within the same timestamp tick, unseen by its stamp: it is read again.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The limits last put in force, and the errors already reported.
 #[derive(Default)]
@@ -47,8 +52,9 @@ pub struct Limits {
     in_force: HashMap<u64, CgroupLimit>,
     reported: HashMap<PathBuf, String>,
     /// Each limit file's content as last read, by its stamp: a file is read
-    /// again only when it changed (a stat per file per round, not a read).
-    seen: HashMap<PathBuf, (Stamp, Result<String, String>)>,
+    /// again only when it changed (a stat per file per round, not a read),
+    /// or when it had not settled at that read (`SETTLED`).
+    seen: HashMap<PathBuf, (Stamp, bool, Result<String, String>)>,
     /// The mirror directory of each cgroup synced, to forget its files.
     dirs: HashMap<u64, PathBuf>,
     /// Files of the cgroup being synced to rewrite in canonical form once
@@ -188,21 +194,29 @@ impl Limits {
 
 impl Limits {
     fn read_changed(&mut self, path: &Path) -> Result<String, String> {
-        let stamp = fs::symlink_metadata(path).ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (m.ino(), m.mtime(), m.mtime_nsec(), m.len())
-        });
-        let Some(stamp) = stamp else {
-            self.seen.remove(path);
-            return Err(MISSING.into());
+        use std::os::unix::fs::MetadataExt;
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.seen.remove(path);
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    return Err(MISSING.into());
+                }
+                return Err(e.to_string());
+            }
         };
-        if let Some((seen, content)) = self.seen.get(path) {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        let stamp = (meta.ino(), meta.len(), ns(meta.mtime(), meta.mtime_nsec()), ns(meta.ctime(), meta.ctime_nsec()));
+        if let Some((seen, true, content)) = self.seen.get(path) {
             if *seen == stamp {
                 return content.clone();
             }
         }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        let settled = now - stamp.2.max(stamp.3) >= SETTLED.as_nanos() as i128;
         let content = read_small(path);
-        self.seen.insert(path.to_path_buf(), (stamp, content.clone()));
+        self.seen.insert(path.to_path_buf(), (stamp, settled, content.clone()));
         content
     }
 }
@@ -290,6 +304,19 @@ mod tests {
     }
 
     #[test]
+    fn a_rewrite_of_the_same_length_at_once_is_read() {
+        let fixture = crate::fixture::Tree::new();
+        let d = fixture.root();
+        let mut limits = Limits::default();
+        // Within one timestamp tick, the stamp (inode, length, times) of the
+        // two versions can be equal: an unsettled file is read again.
+        fs::write(d.join("pins.max"), "1073741824\n").unwrap();
+        assert_eq!(read_max(&mut limits, d, Limit::Max), Limit::Bytes(1 << 30));
+        fs::write(d.join("pins.max"), "2147483648\n").unwrap();
+        assert_eq!(read_max(&mut limits, d, Limit::Max), Limit::Bytes(2 << 30));
+    }
+
+    #[test]
     fn every_kind_of_bad_input_keeps_the_previous_limit_and_is_reported_once() {
         let fixture = crate::fixture::Tree::new();
         let d = fixture.root();
@@ -297,6 +324,7 @@ mod tests {
         let file = d.join("pins.max");
         let cases: Vec<(&str, MakeFile)> = vec![
             ("garbage", Box::new(|| fs::write(d.join("pins.max"), "lots of memory").unwrap())),
+            ("no digit", Box::new(|| fs::write(d.join("pins.max"), ".G").unwrap())),
             ("negative", Box::new(|| fs::write(d.join("pins.max"), "-1").unwrap())),
             ("overflow", Box::new(|| fs::write(d.join("pins.max"), "18446744073709551616").unwrap())),
             ("unit typo", Box::new(|| fs::write(d.join("pins.max"), "16GG").unwrap())),

@@ -10,6 +10,7 @@ mod fixture;
 mod health;
 mod http;
 mod labels;
+mod limit_watch;
 mod limits;
 mod logging;
 mod metrics;

@@ -39,7 +39,8 @@ pub enum LimitError {
 ///
 /// Accepts the kernel's own format (a decimal byte count, or `max`) with
 /// surrounding whitespace, and human sizes with binary multipliers: `16G`,
-/// `16GiB`, `512m`, `1.5G` (rounded down to a whole byte).
+/// `16GiB`, `16Gi` (as Kubernetes writes quantities), `512m`, `1.5G`
+/// (rounded down to a whole byte).
 pub fn parse_limit(text: &str) -> Result<Limit, LimitError> {
     let t = text.trim();
     if t.is_empty() {
@@ -53,7 +54,14 @@ pub fn parse_limit(text: &str) -> Result<Limit, LimitError> {
     }
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    if number.is_empty() || number.matches('.').count() > 1 {
+    // Digits before any point and after it: `.`, `.5G` and `1.` are not
+    // sizes (a typo must never read as 0 bytes).
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    let well_formed = match number.split_once('.') {
+        Some((whole, frac)) => digits(whole) && digits(frac),
+        None => digits(number),
+    };
+    if !well_formed {
         return Err(LimitError::Garbage(t.to_string()));
     }
     let shift = unit_shift(unit.trim()).ok_or_else(|| {
@@ -70,7 +78,11 @@ pub fn parse_limit(text: &str) -> Result<Limit, LimitError> {
 /// The power-of-two shift of a unit suffix; `None` if unknown.
 fn unit_shift(unit: &str) -> Option<u32> {
     let lower = unit.to_ascii_lowercase();
-    let stem = lower.strip_suffix("ib").or_else(|| lower.strip_suffix('b').filter(|s| !s.is_empty())).unwrap_or(&lower);
+    let stem = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b').filter(|s| !s.is_empty()))
+        .or_else(|| lower.strip_suffix('i').filter(|s| !s.is_empty()))
+        .unwrap_or(&lower);
     match stem {
         "" => Some(0),
         "k" => Some(10),
@@ -134,6 +146,8 @@ mod tests {
     fn human_sizes_are_binary() {
         assert_eq!(parse_limit("16G"), Ok(Limit::Bytes(16 << 30)));
         assert_eq!(parse_limit("16GiB"), Ok(Limit::Bytes(16 << 30)));
+        assert_eq!(parse_limit("16Gi"), Ok(Limit::Bytes(16 << 30)));
+        assert_eq!(parse_limit("512Mi"), Ok(Limit::Bytes(512 << 20)));
         assert_eq!(parse_limit("16gb"), Ok(Limit::Bytes(16 << 30)));
         assert_eq!(parse_limit("512m"), Ok(Limit::Bytes(512 << 20)));
         assert_eq!(parse_limit("80M"), Ok(Limit::Bytes(83886080)));
@@ -148,6 +162,9 @@ mod tests {
         assert_eq!(parse_limit("-1"), Err(LimitError::Negative("-1".into())));
         assert_eq!(parse_limit("lots"), Err(LimitError::Garbage("lots".into())));
         assert_eq!(parse_limit("1..5G"), Err(LimitError::Garbage("1..5G".into())));
+        for typo in [".", ".G", ".5", ".5G", "1.", "1.G"] {
+            assert_eq!(parse_limit(typo), Err(LimitError::Garbage(typo.into())), "{typo} is no size");
+        }
         assert_eq!(parse_limit("16Q"), Err(LimitError::UnknownUnit("16Q".into())));
         assert_eq!(parse_limit("16 G x"), Err(LimitError::UnknownUnit("16 G x".into())));
         assert_eq!(parse_limit("16G;rm"), Err(LimitError::Garbage("16G;rm".into())));

@@ -66,7 +66,7 @@ fn nic() -> Result<String> {
 }
 
 /// Wait until `DEVICE`'s uverbs character device exists; return its path.
-fn wait_for_uverbs() -> Result<String> {
+pub fn wait_for_uverbs() -> Result<String> {
     let start = Instant::now();
     loop {
         if let Some(dev) = uverbs_of(DEVICE) {

@@ -96,7 +96,7 @@ pub fn decide(policy: &Nri, facts: &PodFacts) -> Decision {
     let annotation = |key: &'static str| facts.annotations.and_then(|a| a.get(key)).map(|v| (key, v.clone()));
     let mut max = default.map_or(Limit::Max, Limit::Bytes);
     if let Some((key, value)) = annotation(MAX) {
-        match parse_size(&value) {
+        match parse_limit(&value) {
             Err(e) => refused.push(Refusal { key, value, reason: e.to_string() }),
             Ok(wanted) if !trusted && raises(wanted, default) => refused.push(Refusal {
                 key,
@@ -116,7 +116,7 @@ pub fn decide(policy: &Nri, facts: &PodFacts) -> Decision {
     // pins.high only raises an alert: any pod may choose its own.
     let mut high = Limit::Max;
     if let Some((key, value)) = annotation(HIGH) {
-        match parse_size(&value) {
+        match parse_limit(&value) {
             Ok(h) => high = h,
             Err(e) => refused.push(Refusal { key, value, reason: e.to_string() }),
         }
@@ -140,14 +140,6 @@ pub fn decide(policy: &Nri, facts: &PodFacts) -> Decision {
     let budget = Budget { max, high, action };
     let none = max == Limit::Max && high == Limit::Max;
     Decision { budget: (!none).then_some(budget), origin: if none { Origin::Nothing } else { origin }, refused }
-}
-
-/// A size as `pins.max` takes it (binary: `8G` is 8 GiB), or with
-/// Kubernetes' binary suffixes (`8Gi`), as pod specs write quantities.
-fn parse_size(text: &str) -> Result<Limit, pincg_cgroup_spec::LimitError> {
-    let t = text.trim();
-    let kubernetes = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"].iter().any(|s| t.ends_with(s));
-    parse_limit(if kubernetes { &t[..t.len() - 1] } else { t })
 }
 
 /// Whether `wanted` is more than the default allows (no default: anything goes).

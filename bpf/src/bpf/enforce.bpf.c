@@ -141,6 +141,10 @@ static __always_inline int rdma_reg_mr(unsigned long arg)
 		else if (attr.attr_id == UVERBS_ATTR_CORE_IN && attr.len >= sizeof(cmd))
 			core_in = attr.data;
 	}
+	/* Padding past the attributes read would hide the command: such a
+	 * request (rdma-core sends a handful) is a claim of everything. */
+	if (!reg_mr && hdr.num_attrs > MAX_UVERBS_ATTRS)
+		return admit_everything(PINCG_SRC_RDMA);
 	if (!reg_mr || !core_in || bpf_copy_from_user(&cmd, sizeof(cmd), (void *)core_in))
 		return 0;
 	return admit(cmd.start, cmd.length, PINCG_SRC_RDMA);

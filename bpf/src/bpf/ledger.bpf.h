@@ -261,6 +261,34 @@ struct level_walk {
 	__u32 no_usage; /* LEVEL_BUDGET: a level has no usage entry */
 };
 
+/* Compare-and-swap tries of a reservation before it is taken as over. */
+#define PINCG_RESERVE_TRIES 4
+
+/*
+ * Add `bytes` to `*reserved` if `pinned` + `*reserved` + `bytes` stays
+ * within `max`, compared without overflow (a claim near 2^64 must not wrap
+ * into headroom) and swapped in only if within (no other request ever
+ * sees a sum over `max`, as an add taken back would show). Contended past
+ * PINCG_RESERVE_TRIES, it is over: fail closed.
+ */
+static __always_inline bool reserve_within(__u64 *reserved, __u64 pinned, __u64 max, __u64 bytes)
+{
+	__u64 room = pinned < max ? max - pinned : 0;
+	__u64 old = *(volatile __u64 *)reserved;
+
+	for (int i = 0; i < PINCG_RESERVE_TRIES; i++) {
+		__u64 seen;
+
+		if (old > room || bytes > room - old)
+			return false;
+		seen = __sync_val_compare_and_swap(reserved, old, old + bytes);
+		if (seen == old)
+			return true;
+		old = seen;
+	}
+	return false;
+}
+
 static long level_step(__u64 i, struct level_walk *w)
 {
 	__u32 level = i & (PINCG_MAX_DEPTH - 1), bit = 1U << level;
@@ -282,6 +310,8 @@ static long level_step(__u64 i, struct level_walk *w)
 			return 0;
 		w->limited |= bit;
 		after = u ? u->pinned + u->reserved : ~0ULL;
+		if (u && after < u->pinned)
+			after = ~0ULL; /* saturated, never wrapped */
 		if (after >= lim->max)
 			w->headroom = 0;
 		else if (lim->max - after < w->headroom)
@@ -314,14 +344,10 @@ static long level_step(__u64 i, struct level_walk *w)
 		w->over |= bit; /* no usage entry: no room to charge */
 		return 0;
 	}
-	/* Add, then take back if that went over: atomic per cgroup. */
-	after = __sync_fetch_and_add(&u->reserved, w->bytes) + w->bytes;
-	if (u->pinned + after <= lim->max) {
+	if (reserve_within(&u->reserved, u->pinned, lim->max, w->bytes))
 		w->held |= bit;
-		return 0;
-	}
-	__sync_fetch_and_add(&u->reserved, -w->bytes);
-	w->over |= bit;
+	else
+		w->over |= bit;
 	return 0;
 }
 
@@ -702,6 +728,16 @@ static __always_inline int admit(__u64 addr, __u64 len, __u32 source)
 	if (!claim_decided(&w, page_span(addr, len), &bytes))
 		bytes = new_bytes(addr, len);
 	return admit_bytes(&w, bytes, 1, source);
+}
+
+/* Admission of a request that cannot be read whole: in a limited cgroup
+ * it claims everything (refused in enforce mode, would_refuse in monitor). */
+static __always_inline int admit_everything(__u32 source)
+{
+	struct level_walk w;
+
+	budget_of_current(&w);
+	return admit_bytes(&w, ~0ULL, 1, source);
 }
 
 /*

@@ -9,10 +9,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::devices::vfio_edu_group;
-use crate::rdma_setup::soft_roce;
+use crate::rdma_setup::{soft_roce, wait_for_uverbs};
 use crate::scenario::{
     expect_hook, expect_metric, expect_no_drift, io_uring_refused, kernel_pinned_pages, ledger_event_count, median,
     pincg, skip, step, tool, Agent, Cgroup, Workload,
@@ -96,6 +96,15 @@ pub fn run() -> Result<()> {
         bare.push(ns);
     }
 
+    step("a verbs request padded past the attributes pincg reads: the kernel's own answer");
+    let uverbs = wait_for_uverbs()?;
+    let padded = format!("padded {uverbs}");
+    let mut padder = Workload::spawn("padded-rdma", &tenant, &["rdma"])?;
+    match padder.try_run(&padded)? {
+        Err(e) if !e.contains("Cannot allocate memory") => println!("   {e}"),
+        other => bail!("a padded INVOKE_WRITE without pincg: {other:?}, not the kernel's own error"),
+    }
+
     let _agent = Agent::start_with(&["--mode", "enforce"])?;
     for hook in ["vfio:refuse", "xdp:refuse", "vfio:pin", "rdma:register"] {
         expect_hook(hook, 1)?;
@@ -136,6 +145,15 @@ pub fn run() -> Result<()> {
         "a refused 1 TiB claim cost {claim_ns} ns in BPF, a real 2 MiB map {real_ns} ns"
     );
     tenant.expect_current(u64::from(ROUNDS) * 2 * MIB)?;
+
+    step("a claim of 2^64 - 4 KiB (wrapping past what the tenant pins) is refused; reservations stay exact");
+    vfio.expect_err("map-wrapping 18446744073709547520", "Cannot allocate memory")?;
+    vfio.run("map 0x1500000000 2M")?;
+    vfio.expect_err("map 0x1600000000 32M", "Cannot allocate memory")?;
+    tenant.expect_current(u64::from(ROUNDS + 1) * 2 * MIB)?;
+
+    step("a verbs request padded past the attributes pincg reads is refused in a limited cgroup");
+    padder.expect_err(&padded, "Cannot allocate memory")?;
     vfio.run("close")?;
     tenant.expect_current(0)?;
 

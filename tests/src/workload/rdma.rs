@@ -16,6 +16,10 @@
 //!   in registration order; indexes never shift).
 //! - `claim SIZE ROUNDS REPORT`: `super::time_claim` with `ibv_reg_mr`.
 //! - `close`: deregister everything left, free the PD and close the device.
+//! - `padded PATH`: open the uverbs device node PATH and send it an
+//!   INVOKE_WRITE ioctl with more attributes than pincg's refusal point
+//!   reads (all unknown, none mandatory): the kernel answers its own error,
+//!   a limited cgroup under pincg ENOMEM.
 //!
 //! libibverbs is linked, so the binary needs libibverbs.so.1 to start, but
 //! nothing touches RDMA until `open`: on a machine without a device only
@@ -100,6 +104,25 @@ fn with_devices<T>(f: impl FnOnce(&[*mut IbvDevice]) -> Result<T, String>) -> Re
 fn name(device: *mut IbvDevice) -> String {
     // SAFETY: a device from a live list has a NUL-terminated name.
     unsafe { CStr::from_ptr(ibv_get_device_name(device)) }.to_string_lossy().into_owned()
+}
+
+/// `RDMA_VERBS_IOCTL` with a header (object DEVICE, method INVOKE_WRITE)
+/// and 17 attributes of unknown ids, which the kernel ignores: a command
+/// could hide behind them.
+fn padded_invoke_write(path: &str) -> Result<(), String> {
+    const RDMA_VERBS_IOCTL: libc::c_ulong = 0xc018_1b01;
+    const ATTRS: usize = 17;
+    let fd = super::open(path)?;
+    // struct ib_uverbs_ioctl_hdr (24 bytes), then struct ib_uverbs_attr (16 each).
+    let length = 24 + ATTRS * 16;
+    let mut buf = vec![0u8; length];
+    buf[0..2].copy_from_slice(&(length as u16).to_ne_bytes());
+    buf[6..8].copy_from_slice(&(ATTRS as u16).to_ne_bytes());
+    for i in 0..ATTRS {
+        let attr_id = 0x1000u16 + i as u16;
+        buf[24 + i * 16..24 + i * 16 + 2].copy_from_slice(&attr_id.to_ne_bytes());
+    }
+    super::ioctl(&fd, RDMA_VERBS_IOCTL, buf.as_ptr() as libc::c_ulong, "RDMA_VERBS_IOCTL").map(|_| ())
 }
 
 /// The error of a verb that returns an errno value rather than setting errno.
@@ -207,6 +230,7 @@ impl Rdma {
                 super::time_claim(args, |range, size| device.reg(range, size, ACCESS))
             }
             ("close", []) => self.close(),
+            ("padded", [path]) => padded_invoke_write(path),
             _ => Err(format!("unknown rdma command {command:?} {args:?}")),
         }
     }

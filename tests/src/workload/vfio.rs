@@ -17,6 +17,8 @@
 //!   `size`, so an unprivileged map beyond it fails in the kernel's check.
 //! - `claim <size> <rounds> <report>`: map `size` of an unbacked range (it
 //!   must fail), timed (`super::time_claim`).
+//! - `map-wrapping <size>`: map `size` bytes (near 2^64) from one real page
+//!   at iova 0: the kernel refuses it as overflowing (EINVAL).
 //! - `map-threads <n> <size> <report>`: `n` threads map `size` of fresh
 //!   memory at once (`mapped M refused R` in `<report>`); `close` unmaps.
 //! - `race <attempts> <small> <large> <report>`: the double-fetch attack on
@@ -138,6 +140,7 @@ impl Vfio {
             }
             ("memlock", [size]) => memlock(parse_size(size)?),
             ("claim", args) => super::time_claim(args, |range, size| self.map(0, range, size)),
+            ("map-wrapping", [size]) => self.map(0, anonymous_memory(4096)?, parse_size(size)?),
             ("map-threads", [n, size, report]) => {
                 let n: u64 = n.parse().map_err(|_| format!("bad count {n:?}"))?;
                 self.map_threads(n, parse_size(size)?, report)
