@@ -7,13 +7,16 @@
 /// reported no parent or a path that climbs out of the root.
 pub fn pod_cgroup(parent: &str) -> Option<String> {
     let parent = parent.trim();
-    if parent.is_empty() || parent.split('/').any(|s| s == "..") {
+    if parent.split('/').any(|s| s == ".." || s == ".") {
         return None;
     }
     if !parent.contains('/') && parent.ends_with(".slice") {
         return Some(systemd_slice(parent));
     }
-    Some(parent.trim_matches('/').to_string())
+    // A pod's cgroup is never the root ("", "/", "//"): the plugin would
+    // write the node's own limit files.
+    let path = parent.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/");
+    (!path.is_empty()).then_some(path)
 }
 
 /// `a-b-c.slice` lives at `a.slice/a-b.slice/a-b-c.slice`.
@@ -41,5 +44,9 @@ mod tests {
         assert_eq!(pod_cgroup("kubepods.slice").as_deref(), Some("kubepods.slice"));
         assert_eq!(pod_cgroup(""), None);
         assert_eq!(pod_cgroup("/kubepods/../../etc"), None);
+        for root in ["/", "//", " / ", "/./"] {
+            assert_eq!(pod_cgroup(root), None, "{root:?} is the root cgroup, never a pod's");
+        }
+        assert_eq!(pod_cgroup("//kubepods//pod1/").as_deref(), Some("kubepods/pod1"));
     }
 }

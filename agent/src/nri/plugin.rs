@@ -87,7 +87,9 @@ pub enum ApplyError {
 
 /// A pod the plugin knows, by sandbox id.
 struct Pod {
-    cgroup: String,
+    /// Below the cgroup root; `None` where the runtime gave no usable
+    /// parent (then the pod has no budget: nothing to put in force).
+    cgroup: Option<String>,
     label: String,
     budget: Option<Budget>,
 }
@@ -114,7 +116,7 @@ impl Plugin {
         if !self.pods.contains_key(&pod.id) {
             let linux = pod.linux.as_ref();
             let parent = linux.map(|l| l.cgroup_parent.as_str()).unwrap_or_default();
-            let cgroup = pod_cgroup(parent).ok_or_else(|| ApplyError::NoCgroup(label.clone(), parent.into()))?;
+            let cgroup = pod_cgroup(parent);
             let memory_limit = linux
                 .and_then(|l| l.pod_resources.as_ref()?.memory.as_ref()?.limit.as_ref())
                 .and_then(|l| u64::try_from(l.value).ok())
@@ -126,19 +128,26 @@ impl Plugin {
                 memory_limit,
             };
             let decision = policy::decide(&self.policy, &facts);
+            // Without a budget a pod needs no cgroup: only a budget that
+            // could not apply fails the pod's containers.
+            if decision.budget.is_some() && cgroup.is_none() {
+                return Err(ApplyError::NoCgroup(label, parent.into()));
+            }
             self.report(&label, &decision);
             let names = PodNames {
                 namespace: pod.namespace.clone(),
                 pod: pod.name.clone(),
                 vm: policy::kubevirt_vm(&facts).unwrap_or_default(),
             };
-            self.status.pods.lock().expect("never poisoned").insert(cgroup.clone(), names);
+            if let Some(cgroup) = &cgroup {
+                self.status.pods.lock().expect("never poisoned").insert(cgroup.clone(), names);
+            }
             self.pods.insert(pod.id.clone(), Pod { cgroup, label: label.clone(), budget: decision.budget });
         }
         let known = &self.pods[&pod.id];
-        match known.budget {
-            Some(budget) => self.put_in_force(known, &budget).map(|()| Some(budget)),
-            None => Ok(None),
+        match (known.budget, &known.cgroup) {
+            (Some(budget), Some(cgroup)) => self.put_in_force(&known.label, cgroup, &budget).map(|()| Some(budget)),
+            _ => Ok(None),
         }
     }
 
@@ -169,28 +178,27 @@ impl Plugin {
     /// The mirror files first (a round reading them then keeps the same
     /// values), then the kernel's entry, so the limit is enforced when this
     /// returns.
-    fn put_in_force(&self, pod: &Pod, budget: &Budget) -> Result<(), ApplyError> {
+    fn put_in_force(&self, label: &str, cgroup: &str, budget: &Budget) -> Result<(), ApplyError> {
         let _rounds_wait = self.status.limits_lock.lock().expect("never poisoned");
-        let dir = self.pins.cgroup_root().join(&pod.cgroup);
-        let ino = std::fs::metadata(&dir)
-            .map_err(|_| ApplyError::Missing { pod: pod.label.clone(), path: dir.clone() })?
-            .ino();
-        self.write_mirror(pod, budget)?;
+        let dir = self.pins.cgroup_root().join(cgroup);
+        let ino =
+            std::fs::metadata(&dir).map_err(|_| ApplyError::Missing { pod: label.into(), path: dir.clone() })?.ino();
+        self.write_mirror(label, cgroup, budget)?;
         let limit = CgroupLimit { max: budget.max, high: budget.high, action: budget.action };
-        self.ledger.set_limit(ino, &limit).map_err(|source| ApplyError::Ledger { pod: pod.label.clone(), source })
+        self.ledger.set_limit(ino, &limit).map_err(|source| ApplyError::Ledger { pod: label.into(), source })
     }
 
-    fn write_mirror(&self, pod: &Pod, budget: &Budget) -> Result<(), ApplyError> {
+    fn write_mirror(&self, label: &str, cgroup: &str, budget: &Budget) -> Result<(), ApplyError> {
         let files = [
             (InterfaceFile::Max, budget.max.to_string()),
             (InterfaceFile::High, budget.high.to_string()),
             (InterfaceFile::MaxAction, budget.action.to_string()),
         ];
         // Pod cgroups are the kubelet's (root's): the files are the writer's.
-        let err = |path: PathBuf| move |source| ApplyError::Mirror { pod: pod.label.clone(), path, source };
-        let dir = open_dir(&self.mirror_root, &pod.cgroup, true).map_err(err(self.mirror_root.join(&pod.cgroup)))?;
+        let err = |path: PathBuf| move |source| ApplyError::Mirror { pod: label.into(), path, source };
+        let dir = open_dir(&self.mirror_root, cgroup, true).map_err(err(self.mirror_root.join(cgroup)))?;
         for (file, value) in files {
-            let path = self.mirror_root.join(&pod.cgroup).join(file.name());
+            let path = self.mirror_root.join(cgroup).join(file.name());
             replace_at(&dir, file.name(), &format!("{value}\n"), Owner::Writer).map_err(err(path))?;
         }
         Ok(())
@@ -203,11 +211,15 @@ impl Plugin {
     fn forget_removed(&mut self) {
         let root = self.pins.cgroup_root();
         let gone: Vec<String> =
-            self.pods.iter().filter(|(_, p)| !root.join(&p.cgroup).exists()).map(|(id, _)| id.clone()).collect();
+            self.pods
+                .iter()
+                .filter(|(_, p)| p.cgroup.as_ref().is_some_and(|c| !root.join(c).exists()))
+                .map(|(id, _)| id.clone())
+                .collect();
         for id in gone {
-            if let Some(pod) = self.pods.remove(&id) {
-                self.status.pods.lock().expect("never poisoned").remove(&pod.cgroup);
-                tracing::warn!("pod {}: its cgroup is gone; forgotten", pod.label);
+            if let Some(Pod { cgroup: Some(cgroup), label, .. }) = self.pods.remove(&id) {
+                self.status.pods.lock().expect("never poisoned").remove(&cgroup);
+                tracing::warn!("pod {label}: its cgroup is gone; forgotten");
             }
         }
     }
@@ -219,12 +231,10 @@ impl Plugin {
             tracing::info!("NRI: pod sandbox {sandbox_id:?} removed; pincg had no budget for it");
             return;
         };
-        self.status.pods.lock().expect("never poisoned").remove(&pod.cgroup);
-        if pod.budget.is_none() {
-            return;
-        }
+        let (Some(cgroup), Some(_)) = (&pod.cgroup, pod.budget) else { return };
+        self.status.pods.lock().expect("never poisoned").remove(cgroup);
         let none = Budget { max: Limit::Max, high: Limit::Max, action: Action::Alert };
-        let result = match self.put_in_force(&pod, &none) {
+        let result = match self.put_in_force(&pod.label, cgroup, &none) {
             // A cgroup already removed has no limit left (the rounds drop it).
             Err(ApplyError::Missing { .. }) => Ok(()),
             other => other,
