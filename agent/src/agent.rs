@@ -345,7 +345,7 @@ impl Round {
             snapshot.nri = Some((nri.connected.load(Ordering::Relaxed), nri.refused.load(Ordering::Relaxed)));
         }
         snapshot.preexisting_complete = self.preexisting.complete();
-        self.mirror.update(&snapshot.rows, complete, |row| self.limits.seed(row))?;
+        self.mirror.update(&snapshot.rows, complete, |row| self.limits.seed(row));
         snapshot.limit_errors += self.mirror.errors;
         if let Some(watch) = &mut self.watch {
             watch.keep(self.mirror.root(), snapshot.rows.iter().filter_map(|r| Some((r.id, r.path.as_deref()?))));

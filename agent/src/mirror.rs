@@ -90,12 +90,7 @@ impl Mirror {
     /// Bring the tree in line with `rows`: write every existing cgroup's
     /// files, new limit files with `seed`'s limit; after a `complete` scan,
     /// remove the directories of cgroups that went away.
-    pub fn update(
-        &mut self,
-        rows: &[CgroupRow],
-        complete: bool,
-        seed: impl Fn(&CgroupRow) -> CgroupLimit,
-    ) -> Result<(), MirrorError> {
+    pub fn update(&mut self, rows: &[CgroupRow], complete: bool, seed: impl Fn(&CgroupRow) -> CgroupLimit) {
         let mut live = HashSet::new();
         for row in rows {
             let Some(rel) = &row.path else { continue };
@@ -110,11 +105,7 @@ impl Mirror {
                 // One bad directory (a link where a directory should be)
                 // never stops the others; a new one is tried again next round.
                 Err(e) => {
-                    if self.reported.get(&e.path) != Some(&e.source.to_string()) {
-                        self.errors += 1;
-                        tracing::warn!("{}", crate::logging::chain(&e));
-                        self.reported.insert(e.path.clone(), e.source.to_string());
-                    }
+                    self.report(&e);
                     if !existing {
                         continue;
                     }
@@ -125,16 +116,29 @@ impl Mirror {
         if !complete {
             // Cgroups below an unreadable directory are not gone.
             self.dirs.extend(live);
-            return Ok(());
+            return;
         }
         let mut gone: Vec<String> = self.dirs.difference(&live).cloned().collect();
         // Deepest first, so children go before their parents.
         gone.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
         for rel in gone {
-            self.remove_dir(&rel)?;
+            // What cannot be removed (something mounted or put there) is
+            // reported once and tried again; it never fails the round.
+            if let Err(e) = self.remove_dir(&rel) {
+                self.report(&e);
+                live.insert(rel);
+            }
         }
         self.dirs = live;
-        Ok(())
+    }
+
+    /// Log and count a problem once, until it changes.
+    fn report(&mut self, e: &MirrorError) {
+        if self.reported.get(&e.path) != Some(&e.source.to_string()) {
+            self.errors += 1;
+            tracing::warn!("{}", crate::logging::chain(e));
+            self.reported.insert(e.path.clone(), e.source.to_string());
+        }
     }
 
     /// Write the read-only files of `row` that changed and, for a `new`
@@ -180,11 +184,8 @@ impl Mirror {
         for (file, _) in InterfaceFile::WRITABLE {
             let path = self.dir(rel).join(file.name());
             let err = |source| MirrorError { path: path.clone(), source };
-            if exists_at(dir, file.name()).map_err(err)? {
-                continue;
-            }
             let content = format!("{}\n", seeded(file, seed));
-            match replace_at(dir, file.name(), &content, owner) {
+            match create_at(dir, file.name(), &content, owner) {
                 Err(e) if owner != Owner::Writer && e.raw_os_error() == Some(libc::EPERM) => {
                     self.errors += 1;
                     tracing::warn!(
@@ -192,9 +193,11 @@ impl Mirror {
                          created root's, so only root sets this cgroup's limits",
                         path.display()
                     );
-                    replace_at(dir, file.name(), &content, Owner::Writer).map_err(err)?;
+                    create_at(dir, file.name(), &content, Owner::Writer).map_err(err)?;
                 }
-                other => other.map_err(err)?,
+                other => {
+                    other.map_err(err)?;
+                }
             }
         }
         Ok(())
@@ -296,6 +299,20 @@ fn open_child(dir: &OwnedFd, name: &str, create: bool) -> std::io::Result<OwnedF
 /// is renamed over the old one, so the file never exists with the wrong
 /// owner or a partial content.
 pub fn replace_at(dir: &OwnedFd, name: &str, content: &str, owner: Owner) -> std::io::Result<()> {
+    put_at(dir, name, content, owner, 0)
+}
+
+/// [`replace_at`] only if `name` does not exist: `Ok(false)` if it does
+/// (one a writer made meanwhile is never overwritten).
+fn create_at(dir: &OwnedFd, name: &str, content: &str, owner: Owner) -> std::io::Result<bool> {
+    match put_at(dir, name, content, owner, libc::RENAME_NOREPLACE as libc::c_uint) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        other => other.map(|()| true),
+    }
+}
+
+/// Write `.name.tmp` and rename it to `name` with renameat2's `rename` flags.
+fn put_at(dir: &OwnedFd, name: &str, content: &str, owner: Owner, rename: libc::c_uint) -> std::io::Result<()> {
     let tmp = format!(".{name}.tmp");
     let ctmp = cname(&tmp)?;
     // A temporary file left by a writer that died.
@@ -318,7 +335,7 @@ pub fn replace_at(dir: &OwnedFd, name: &str, content: &str, owner: Owner) -> std
     let renamed = written.and_then(|()| {
         let cname_ = cname(name)?;
         // SAFETY: valid directory fds and NUL-terminated names.
-        let rc = unsafe { libc::renameat(dir.as_raw_fd(), ctmp.as_ptr(), dir.as_raw_fd(), cname_.as_ptr()) };
+        let rc = unsafe { libc::renameat2(dir.as_raw_fd(), ctmp.as_ptr(), dir.as_raw_fd(), cname_.as_ptr(), rename) };
         if rc == 0 {
             Ok(())
         } else {
@@ -345,10 +362,6 @@ pub fn owner_at(dir: &OwnedFd, name: &str) -> std::io::Result<Option<(u32, u32)>
     } else {
         Err(e)
     }
-}
-
-fn exists_at(dir: &OwnedFd, name: &str) -> std::io::Result<bool> {
-    owner_at(dir, name).map(|o| o.is_some())
 }
 
 fn unlink_at(dir: &OwnedFd, name: &str, flags: libc::c_int) -> std::io::Result<()> {
@@ -388,9 +401,7 @@ mod tests {
         let fixture = crate::fixture::Tree::new();
         let root = temp_root(&fixture);
         let mut mirror = Mirror::new(&root, "/nonexistent");
-        mirror
-            .update(&[row(1, "", 67108864), row(2, "a", 67108864), row(3, "a/b", 67108864)], true, |_| NO_LIMIT)
-            .unwrap();
+        mirror.update(&[row(1, "", 67108864), row(2, "a", 67108864), row(3, "a/b", 67108864)], true, |_| NO_LIMIT);
         assert_eq!(fs::read_to_string(root.join("a/b/pins.current")).unwrap(), "67108864\n");
         assert_eq!(fs::read_to_string(root.join("a/b/pins.peak")).unwrap(), "67108864\n");
         assert_eq!(fs::read_to_string(root.join("a/b/pins.events")).unwrap(), "high 1\nmax 2\n");
@@ -406,13 +417,32 @@ mod tests {
         fs::create_dir_all(root.join("future")).unwrap();
         fs::write(root.join("future/pins.max"), "1G\n").unwrap();
         // After an incomplete scan nothing is removed.
-        mirror.update(&[row(1, "", 0)], false, |_| NO_LIMIT).unwrap();
+        mirror.update(&[row(1, "", 0)], false, |_| NO_LIMIT);
         assert_eq!(fs::read_to_string(root.join("a/b/pins.max")).unwrap(), "max\n");
-        mirror.update(&[row(1, "", 0), row(2, "a", 0)], true, |_| NO_LIMIT).unwrap();
+        mirror.update(&[row(1, "", 0), row(2, "a", 0)], true, |_| NO_LIMIT);
         assert!(!root.join("a/b").exists());
         assert_eq!(fs::read_to_string(root.join("a/pins.current")).unwrap(), "0\n");
         assert_eq!(fs::read_to_string(root.join("a/pins.max")).unwrap(), "1G\n");
         assert_eq!(fs::read_to_string(root.join("future/pins.max")).unwrap(), "1G\n");
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_removed_is_reported_once_and_fails_no_round() {
+        let fixture = crate::fixture::Tree::new();
+        let root = temp_root(&fixture);
+        let mut mirror = Mirror::new(&root, "/nonexistent");
+        mirror.update(&[row(1, "", 0), row(2, "gone", 0)], true, |_| NO_LIMIT);
+        // Something put where a file of the removed cgroup's mirror was.
+        fs::remove_file(root.join("gone/pins.max")).unwrap();
+        fs::create_dir_all(root.join("gone/pins.max/inside")).unwrap();
+        for _ in 0..2 {
+            mirror.update(&[row(1, "", 5)], true, |_| NO_LIMIT);
+            assert_eq!(mirror.errors, 1, "reported once");
+            assert_eq!(fs::read_to_string(root.join("pins.current")).unwrap(), "5\n", "the rest is written");
+        }
+        fs::remove_dir_all(root.join("gone/pins.max")).unwrap();
+        mirror.update(&[row(1, "", 5)], true, |_| NO_LIMIT);
+        assert!(!root.join("gone").exists(), "tried again until it goes");
     }
 
     #[test]
@@ -421,9 +451,7 @@ mod tests {
         let root = temp_root(&fixture);
         let mut mirror = Mirror::new(&root, "/nonexistent");
         let in_force = CgroupLimit { max: Limit::Bytes(16 << 20), high: Limit::Bytes(8 << 20), action: Action::Kill };
-        mirror
-            .update(&[row(1, "", 0), row(2, "vm", 0)], true, |r| if r.id == 2 { in_force } else { NO_LIMIT })
-            .unwrap();
+        mirror.update(&[row(1, "", 0), row(2, "vm", 0)], true, |r| if r.id == 2 { in_force } else { NO_LIMIT });
         assert_eq!(fs::read_to_string(root.join("vm/pins.max")).unwrap(), "16777216\n");
         assert_eq!(fs::read_to_string(root.join("vm/pins.high")).unwrap(), "8388608\n");
         assert_eq!(fs::read_to_string(root.join("vm/pins.max.action")).unwrap(), "kill\n");
@@ -440,8 +468,8 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, root.join("tenant")).unwrap();
         let mut mirror = Mirror::new(&root, "/nonexistent");
         let rows = [row(1, "", 0), row(2, "tenant/vm", 0), row(3, "other", 0)];
-        mirror.update(&rows, true, |_| NO_LIMIT).unwrap();
-        mirror.update(&rows, true, |_| NO_LIMIT).unwrap();
+        mirror.update(&rows, true, |_| NO_LIMIT);
+        mirror.update(&rows, true, |_| NO_LIMIT);
         assert_eq!(mirror.errors, 1, "refused (ENOTDIR), logged and counted once");
         assert_eq!(mirror.reported.values().collect::<Vec<_>>(), ["Not a directory (os error 20)"]);
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing written through the link");

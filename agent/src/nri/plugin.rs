@@ -210,12 +210,12 @@ impl Plugin {
     /// the cgroup (the rounds drop the limits of removed cgroups).
     fn forget_removed(&mut self) {
         let root = self.pins.cgroup_root();
-        let gone: Vec<String> =
-            self.pods
-                .iter()
-                .filter(|(_, p)| p.cgroup.as_ref().is_some_and(|c| !root.join(c).exists()))
-                .map(|(id, _)| id.clone())
-                .collect();
+        let gone: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.cgroup.as_ref().is_some_and(|c| !root.join(c).exists()))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in gone {
             if let Some(Pod { cgroup: Some(cgroup), label, .. }) = self.pods.remove(&id) {
                 self.status.pods.lock().expect("never poisoned").remove(&cgroup);
