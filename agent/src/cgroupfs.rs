@@ -2,9 +2,13 @@
 //! which is what `bpf_get_current_cgroup_id()` returns) and paths.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Where cgroup v2 is mounted: the first `cgroup2` entry of
 /// `/proc/self/mountinfo` (`/sys/fs/cgroup` on a unified host,
@@ -50,32 +54,53 @@ pub struct Child {
     pub ino: u64,
 }
 
+/// How a walk opens and lists directories: through file descriptors on the
+/// host ([`FdWalk`]), through a closure in tests.
+trait Walk {
+    type Dir;
+    fn root(&self, root: &Path) -> std::io::Result<Self::Dir>;
+    fn child(&self, parent: &Self::Dir, name: &str) -> std::io::Result<Self::Dir>;
+    fn list(&self, dir: &Self::Dir) -> std::io::Result<Vec<Child>>;
+}
+
 impl CgroupTree {
     /// Walk the hierarchy mounted at `root`. A cgroup that vanishes while
     /// the walk runs is left out (it was removed); any other failure to read
     /// a directory is a [`ScanGap`] and makes the tree incomplete.
+    ///
+    /// Each directory is opened relative to its parent's descriptor, so no
+    /// depth of nesting and no length of path (a delegatee can make paths
+    /// longer than PATH_MAX) leaves a gap that would stop every cleanup.
     pub fn scan(root: &Path) -> std::io::Result<CgroupTree> {
-        CgroupTree::scan_with(root, list_children)
+        CgroupTree::scan_with(root, &FdWalk)
     }
 
-    /// [`CgroupTree::scan`] with the directory listing given, for tests.
-    fn scan_with(root: &Path, list: impl Fn(&Path) -> std::io::Result<Vec<Child>>) -> std::io::Result<CgroupTree> {
+    fn scan_with<W: Walk>(root: &Path, walk: &W) -> std::io::Result<CgroupTree> {
         let mut tree = CgroupTree::default();
         tree.paths.insert(fs::metadata(root)?.ino(), String::new());
-        let mut pending: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
-        while let Some((dir, rel)) = pending.pop() {
-            let children = match list(&dir) {
-                Ok(children) => children,
-                Err(e) if vanished(&e) => continue,
-                Err(e) => {
-                    tree.gaps.push(ScanGap { path: dir, reason: e.to_string() });
-                    continue;
+        let top = Rc::new(walk.root(root)?);
+        let mut pending = match walk.list(&top) {
+            Ok(children) => children.into_iter().map(|c| (top.clone(), root.to_path_buf(), String::new(), c)).collect(),
+            Err(e) => {
+                tree.gaps.push(ScanGap { path: root.to_path_buf(), reason: e.to_string() });
+                Vec::new()
+            }
+        };
+        // Depth first: a parent's descriptor stays open while its children
+        // wait, so as many are open as the walk is deep.
+        while let Some((parent, parent_path, parent_rel, Child { name, ino })) = pending.pop() {
+            let rel = if parent_rel.is_empty() { name.clone() } else { format!("{parent_rel}/{name}") };
+            let path = parent_path.join(&name);
+            tree.paths.insert(ino, rel.clone());
+            let listed = walk.child(&parent, &name).and_then(|dir| Ok((walk.list(&dir)?, dir)));
+            drop(parent);
+            match listed {
+                Ok((children, dir)) => {
+                    let dir = Rc::new(dir);
+                    pending.extend(children.into_iter().map(|c| (dir.clone(), path.clone(), rel.clone(), c)));
                 }
-            };
-            for Child { name, ino } in children {
-                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-                tree.paths.insert(ino, child.clone());
-                pending.push((dir.join(name), child));
+                Err(e) if vanished(&e) => {}
+                Err(e) => tree.gaps.push(ScanGap { path, reason: e.to_string() }),
             }
         }
         Ok(tree)
@@ -105,22 +130,50 @@ impl CgroupTree {
     }
 }
 
-/// The child directories of `dir`. An entry that vanished between the
-/// listing and its stat is left out; any other error fails the listing.
-fn list_children(dir: &Path) -> std::io::Result<Vec<Child>> {
-    let mut children = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = match entry.metadata() {
-            Ok(meta) => meta,
-            Err(e) if vanished(&e) => continue,
-            Err(e) => return Err(e),
-        };
-        if meta.is_dir() {
-            children.push(Child { name: entry.file_name().to_string_lossy().into_owned(), ino: meta.ino() });
-        }
+/// The host's walk: directories opened with `openat` relative to their
+/// parent (never through a symlink), listed through `/proc/self/fd`.
+struct FdWalk;
+
+impl Walk for FdWalk {
+    type Dir = OwnedFd;
+
+    fn root(&self, root: &Path) -> std::io::Result<OwnedFd> {
+        let c = CString::new(root.as_os_str().as_bytes())?;
+        open_dir_at(libc::AT_FDCWD, &c)
     }
-    Ok(children)
+
+    fn child(&self, parent: &OwnedFd, name: &str) -> std::io::Result<OwnedFd> {
+        open_dir_at(parent.as_raw_fd(), &CString::new(name)?)
+    }
+
+    /// The child directories. An entry that vanished between the listing
+    /// and its stat is left out; any other error fails the listing.
+    fn list(&self, dir: &OwnedFd) -> std::io::Result<Vec<Child>> {
+        let mut children = Vec::new();
+        for entry in fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
+            let entry = entry?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if vanished(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                children.push(Child { name: entry.file_name().to_string_lossy().into_owned(), ino: meta.ino() });
+            }
+        }
+        Ok(children)
+    }
+}
+
+fn open_dir_at(at: libc::c_int, name: &CString) -> std::io::Result<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid directory fd (or AT_FDCWD) and a NUL-terminated name.
+    let fd = unsafe { libc::openat(at, name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor, owned from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A cgroup removed while the walk ran: not a gap in the tree.
@@ -136,6 +189,22 @@ pub fn display_path(rel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A walk by paths whose listings a closure makes up.
+    struct Listed<F>(F);
+
+    impl<F: Fn(&Path) -> std::io::Result<Vec<Child>>> Walk for Listed<F> {
+        type Dir = PathBuf;
+        fn root(&self, root: &Path) -> std::io::Result<PathBuf> {
+            Ok(root.to_path_buf())
+        }
+        fn child(&self, parent: &PathBuf, name: &str) -> std::io::Result<PathBuf> {
+            Ok(parent.join(name))
+        }
+        fn list(&self, dir: &PathBuf) -> std::io::Result<Vec<Child>> {
+            (self.0)(dir)
+        }
+    }
 
     #[test]
     fn finds_the_cgroup2_mount() {
@@ -164,6 +233,26 @@ mod tests {
     }
 
     #[test]
+    fn paths_longer_than_path_max_are_walked_without_a_gap() {
+        let fixture = crate::fixture::Tree::new();
+        let root = fixture.root();
+        // 20 levels of 250-byte names: a 5000-byte path, made and walked
+        // relative to each parent, as a delegatee can make it.
+        let name = "n".repeat(250);
+        let mut dir = FdWalk.root(root).unwrap();
+        for _ in 0..20 {
+            let c = CString::new(name.as_str()).unwrap();
+            // SAFETY: a valid directory fd and a NUL-terminated name.
+            assert_eq!(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) }, 0);
+            dir = FdWalk.child(&dir, &name).unwrap();
+        }
+        let tree = CgroupTree::scan(root).unwrap();
+        assert_eq!(tree.complete(), Ok(()));
+        let deepest = tree.iter().map(|(_, p)| p.len()).max().unwrap();
+        assert_eq!(deepest, 20 * 250 + 19);
+    }
+
+    #[test]
     fn a_vanished_directory_is_removed_an_unreadable_one_is_a_gap() {
         let fixture = crate::fixture::Tree::new();
         let root = fixture.root();
@@ -179,7 +268,7 @@ mod tests {
                 _ => Ok(vec![]),
             }
         };
-        let tree = CgroupTree::scan_with(root, list).unwrap();
+        let tree = CgroupTree::scan_with(root, &Listed(list)).unwrap();
         assert_eq!(tree.path(14), Some("ok/leaf"));
         assert_eq!(tree.path(10), Some("gone"), "listed before it vanished");
         let (count, _) = tree.complete().unwrap_err();
@@ -201,6 +290,10 @@ mod tests {
                 errno(libc::ENOENT)
             }
         };
-        assert_eq!(CgroupTree::scan_with(root, only_gone).unwrap().complete(), Ok(()), "vanished mid-walk is complete");
+        assert_eq!(
+            CgroupTree::scan_with(root, &Listed(only_gone)).unwrap().complete(),
+            Ok(()),
+            "vanished mid-walk is complete"
+        );
     }
 }
