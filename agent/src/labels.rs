@@ -16,19 +16,26 @@ pub struct Identity {
 }
 
 /// Read the identity off a relative cgroup path.
+///
+/// Only the places the kubelet and libvirt create count, so that a
+/// delegatee naming its own cgroups cannot take another's labels: the first
+/// kubepods cgroup outside `user.slice`, its pod one or two levels below
+/// and the container right below the pod; a VM scope whose ancestors are
+/// all machine partitions (`machine.slice`, `machine-*.slice`, `machine`).
 pub fn identify(path: &str) -> Identity {
     let mut id = Identity::default();
     let segments: Vec<String> = path.split('/').map(unescape_systemd).collect();
-    if let Some(k) =
-        segments.iter().position(|s| s == "kubepods" || s == "kubepods.slice" || s.ends_with("-kubepods.slice"))
-    {
+    let kubepods =
+        segments.iter().position(|s| s == "kubepods" || s == "kubepods.slice" || s.ends_with("-kubepods.slice"));
+    if let Some(k) = kubepods.filter(|&k| !segments[..k].iter().any(|s| s == "user.slice")) {
         kubernetes(&segments[k + 1..], &mut id);
     }
-    for s in &segments {
-        if let Some(vm) = libvirt_vm(s) {
-            id.vm = vm;
-        }
-    }
+    let in_machine_partitions = |i: usize| i > 0 && segments[..i].iter().all(|s| s.starts_with("machine"));
+    id.vm = segments
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| libvirt_vm(s).filter(|_| in_machine_partitions(i)))
+        .unwrap_or_default();
     id
 }
 
@@ -36,7 +43,7 @@ pub fn identify(path: &str) -> Identity {
 /// `kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`
 /// or (cgroupfs driver) `burstable/pod<uid>/<id>`.
 fn kubernetes(below: &[String], id: &mut Identity) {
-    for s in below {
+    for (i, s) in below.iter().enumerate().take(2) {
         // `kubepods-burstable-pod<uid>.slice` (or kind's `kubelet-kubepods-…`)
         // and `burstable/pod<uid>` alike, as words split on '-' and '/'.
         let bare = s.strip_suffix(".slice").unwrap_or(s);
@@ -54,10 +61,8 @@ fn kubernetes(below: &[String], id: &mut Identity) {
             if id.qos.is_empty() {
                 id.qos = "guaranteed".into();
             }
-        } else if !id.pod_uid.is_empty() {
-            if let Some(container) = container_id(s) {
-                id.container_id = container;
-            }
+            id.container_id = below.get(i + 1).and_then(|c| container_id(c)).unwrap_or_default();
+            return;
         }
     }
 }
@@ -97,26 +102,25 @@ pub fn qemu_guest_name(cmdline: &[String]) -> Option<String> {
     Some(name.split_once('_').map_or(name, |(_, vm)| vm).to_string())
 }
 
-/// Undo systemd's unit-name escaping (`\x2d` is `-`).
+/// Undo systemd's unit-name escaping (`\x2d` is `-`; a UTF-8 name is
+/// escaped byte by byte).
 fn unescape_systemd(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    let mut rest = segment;
-    while let Some(i) = rest.find("\\x") {
-        out.push_str(&rest[..i]);
-        let hex = rest.get(i + 2..i + 4).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(byte) => {
-                out.push(byte as char);
-                rest = &rest[i + 4..];
+    let mut out = Vec::with_capacity(segment.len());
+    let mut rest = segment.as_bytes();
+    while !rest.is_empty() {
+        let byte = rest.strip_prefix(b"\\x").and_then(|h| std::str::from_utf8(h.get(..2)?).ok());
+        match byte.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => {
+                out.push(b);
+                rest = &rest[4..];
             }
             None => {
-                out.push_str("\\x");
-                rest = &rest[i + 2..];
+                out.push(rest[0]);
+                rest = &rest[1..];
             }
         }
     }
-    out.push_str(rest);
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -196,7 +200,23 @@ mod tests {
     }
 
     #[test]
+    fn names_a_delegatee_makes_take_no_one_s_labels() {
+        // Below a real pod's container, and in a user's delegated slice.
+        let nested = identify(&format!("kubepods/pod{UID}/{CID}/kubepods/podvictim/{}", "a".repeat(64)));
+        assert_eq!(nested, pod("guaranteed"));
+        let user = "user.slice/user-1000.slice/user@1000.service";
+        assert_eq!(identify(&format!("{user}/kubepods/pod{UID}/{CID}")), Identity::default());
+        assert_eq!(identify(&format!("{user}/machine-qemu\\x2d1\\x2dprod.scope")).vm, "");
+        // Inside a VM's scope: the first VM named is the VM.
+        assert_eq!(
+            identify("machine.slice/machine-qemu\\x2d1\\x2dvm1.scope/machine-qemu\\x2d2\\x2dprod.scope").vm,
+            "vm1"
+        );
+    }
+
+    #[test]
     fn escapes() {
         assert_eq!(unescape_systemd("a\\x2db\\x2"), "a-b\\x2");
+        assert_eq!(unescape_systemd("caf\\xc3\\xa9"), "café");
     }
 }
