@@ -108,10 +108,20 @@ where
             Level::DEBUG => "debug: ",
             Level::TRACE => "trace: ",
         };
-        write!(writer, "pincg: {level}")?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        let mut message = String::new();
+        ctx.field_format().format_fields(Writer::new(&mut message), event)?;
+        writeln!(writer, "pincg: {level}{}", one_line(&message))
     }
+}
+
+/// `text` with its control characters escaped (`\n`, `\u{1b}`): a cgroup
+/// name or a tenant's value with a newline or a terminal escape in it
+/// cannot start a line of its own nor drive the reader's terminal.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// Log `message` at `level` unless it was already logged in the current
@@ -230,6 +240,15 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_name_cannot_forge_a_line_nor_drive_a_terminal() {
+        assert_eq!(one_line("/sys/fs/cgroup/vm: max 1"), "/sys/fs/cgroup/vm: max 1");
+        assert_eq!(
+            one_line("/sys/fs/cgroup/x\npincg: error: forged\u{1b}[2J"),
+            "/sys/fs/cgroup/x\\npincg: error: forged\\u{1b}[2J"
+        );
+    }
 
     #[test]
     fn a_problem_is_logged_once_per_window_with_the_count_of_its_repeats() {
