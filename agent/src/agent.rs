@@ -302,12 +302,19 @@ impl Round {
             if written.is_empty() {
                 continue;
             }
-            let nri = self.nri.clone();
-            let _plugin_waits = nri.as_ref().map(|n| n.limits_lock.lock().expect("never poisoned"));
             for (cgroup, rel) in written {
-                self.limits.sync(self.sampler.ledger(), cgroup, self.mirror.root(), &rel);
+                self.sync_limits(cgroup, &rel);
             }
         }
+    }
+
+    /// Put `cgroup`'s limit files in force. The NRI plugin never writes a
+    /// pod's limit files while they are read; it waits for one cgroup's
+    /// read at most, never a whole round's (its replies to the runtime
+    /// have a deadline).
+    fn sync_limits(&mut self, cgroup: u64, rel: &str) {
+        let _plugin_waits = self.nri.as_ref().map(|n| n.limits_lock.lock().expect("never poisoned"));
+        self.limits.sync(self.sampler.ledger(), cgroup, self.mirror.root(), rel);
     }
 
     fn run(&mut self) -> anyhow::Result<Snapshot> {
@@ -316,14 +323,9 @@ impl Round {
         self.sampler.keep_reserve(&removed)?;
         let complete = removed.incomplete.is_none();
         let live: HashSet<u64> = snapshot.rows.iter().filter(|r| r.path.is_some()).map(|r| r.id).collect();
-        {
-            // The NRI plugin never writes a pod's limit files while they are read.
-            let nri = self.nri.clone();
-            let _plugin_waits = nri.as_ref().map(|n| n.limits_lock.lock().expect("never poisoned"));
-            for row in &snapshot.rows {
-                if let Some(rel) = &row.path {
-                    self.limits.sync(self.sampler.ledger(), row.id, self.mirror.root(), rel);
-                }
+        for row in &snapshot.rows {
+            if let Some(rel) = &row.path {
+                self.sync_limits(row.id, rel);
             }
         }
         if complete {
