@@ -236,6 +236,13 @@ fn reads_never_write() {
     scenario_in_first_pass("reads-never-write", Guest::default(), no_setup);
 }
 
+/// Limits written by root and in place are in force with rounds two
+/// minutes apart: the agent reacts to the write, not to its next round.
+#[test]
+fn limits_are_in_force_as_written() {
+    scenario_in_first_pass("limits-as-written", Guest::default(), no_setup);
+}
+
 /// A cgroup delegated to uid 1000 under the unit's capabilities: the
 /// delegatee's limit files, pincg set without BPF access, a restart with an
 /// empty /run/pincg that keeps the limits in force.

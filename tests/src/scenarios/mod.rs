@@ -2,6 +2,7 @@
 
 pub mod actions;
 pub mod admission;
+pub mod as_written;
 pub mod bench;
 pub mod budget;
 pub mod dedup;
@@ -67,6 +68,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("shipped-pod", shipped::pod),
     ("bench", bench::run),
     ("reads-never-write", reads::run),
+    ("limits-as-written", as_written::run),
     ("delegation", delegation::run),
     ("lsm-inactive", lsm::run),
     ("upgrade", upgrade::run),
