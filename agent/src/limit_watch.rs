@@ -116,25 +116,32 @@ impl LimitWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixture::Tree;
+
+    /// A mirror with directories `dirs` (cgroup ids 1, 2, ...), all watched.
+    fn watched(dirs: &[&str]) -> (Tree, LimitWatch) {
+        let tree = Tree::new();
+        for dir in dirs {
+            tree.mkdir(dir);
+        }
+        let mut watch = LimitWatch::new().unwrap();
+        watch.keep(tree.root(), dirs.iter().enumerate().map(|(i, d)| (i as u64 + 1, *d)));
+        (tree, watch)
+    }
 
     #[test]
     fn a_written_limit_file_wakes_the_wait_with_its_cgroup_only() {
-        let root = tempfile::tempdir().unwrap();
-        for rel in ["vm1", "vm2"] {
-            std::fs::create_dir(root.path().join(rel)).unwrap();
-        }
-        let mut watch = LimitWatch::new().unwrap();
-        watch.keep(root.path(), [(11, "vm1"), (12, "vm2")].into_iter());
+        let (tree, mut watch) = watched(&["vm1", "vm2"]);
         assert!(watch.wait(Duration::from_millis(10)).is_empty(), "nothing written yet");
 
         // A value the agent writes (pins.current) is not a limit.
-        std::fs::write(root.path().join("vm1/pins.current"), "0\n").unwrap();
+        tree.write("vm1/pins.current", "0\n");
         assert!(watch.wait(Duration::from_millis(10)).is_empty());
 
         // Written in place, and renamed over: both wake it.
-        std::fs::write(root.path().join("vm1/pins.max"), "1G").unwrap();
-        std::fs::write(root.path().join("vm2/.pins.high.new"), "1M").unwrap();
-        std::fs::rename(root.path().join("vm2/.pins.high.new"), root.path().join("vm2/pins.high")).unwrap();
+        tree.write("vm1/pins.max", "1G");
+        tree.write("vm2/.pins.high.new", "1M");
+        std::fs::rename(tree.join("vm2/.pins.high.new"), tree.join("vm2/pins.high")).unwrap();
         let mut woke = Vec::new();
         while woke.len() < 2 {
             let got = watch.wait(Duration::from_secs(5));
@@ -142,25 +149,20 @@ mod tests {
             woke.extend(got);
         }
         woke.sort();
-        assert_eq!(woke, vec![(11, "vm1".to_string()), (12, "vm2".to_string())]);
+        assert_eq!(woke, vec![(1, "vm1".to_string()), (2, "vm2".to_string())]);
     }
 
     #[test]
     fn a_removed_directory_and_a_cgroup_no_longer_listed_are_forgotten() {
-        let root = tempfile::tempdir().unwrap();
-        for rel in ["a", "b"] {
-            std::fs::create_dir(root.path().join(rel)).unwrap();
-        }
-        let mut watch = LimitWatch::new().unwrap();
-        watch.keep(root.path(), [(1, "a"), (2, "b")].into_iter());
+        let (tree, mut watch) = watched(&["a", "b"]);
         // A directory that does not exist yet is not watched, and no error.
-        watch.keep(root.path(), [(1, "a"), (2, "b"), (3, "c")].into_iter());
+        watch.keep(tree.root(), [(1, "a"), (2, "b"), (3, "c")].into_iter());
         assert_eq!(watch.watched.len(), 2);
 
-        std::fs::remove_dir(root.path().join("a")).unwrap();
+        std::fs::remove_dir(tree.join("a")).unwrap();
         assert!(watch.wait(Duration::from_secs(5)).is_empty());
         assert!(!watch.watched.contains_key(&1), "IN_IGNORED forgets cgroup 1");
-        watch.keep(root.path(), [(3, "c")].into_iter());
+        watch.keep(tree.root(), [(3, "c")].into_iter());
         assert!(watch.watched.is_empty() && watch.dirs.is_empty(), "cgroup 2 is no longer listed");
     }
 }

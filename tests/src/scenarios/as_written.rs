@@ -34,11 +34,7 @@ pub fn run() -> Result<()> {
     std::fs::write(vm.mirror("pins.max"), ".5G")?;
     std::thread::sleep(Duration::from_secs(1));
     expect_in_kernel("4194304")?;
-    ensure!(
-        started.elapsed() < ROUNDS_APART,
-        "took {:?}: a round may have put the limits in force",
-        started.elapsed()
-    );
+    ensure!(started.elapsed() < ROUNDS_APART, "took {:?}: a round may have put the limits in force", started.elapsed());
     Ok(())
 }
 
