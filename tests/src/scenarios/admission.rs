@@ -146,7 +146,9 @@ pub fn run() -> Result<()> {
     );
     tenant.expect_current(u64::from(ROUNDS) * 2 * MIB)?;
 
-    step("a claim of 2^64 - 4 KiB (wrapping past what the tenant pins) is refused; reservations stay exact");
+    step("from a child cgroup that pins nothing, a claim of 2^64 - 4 KiB (it would wrap past the 40 MiB the tenant pins) is refused; reservations stay exact");
+    let child = Cgroup::create("pincg-admission/tenant/child")?;
+    child.add(vfio.pid())?;
     vfio.expect_err("map-wrapping 18446744073709547520", "Cannot allocate memory")?;
     vfio.run("map 0x1500000000 2M")?;
     vfio.expect_err("map 0x1600000000 32M", "Cannot allocate memory")?;
