@@ -919,17 +919,9 @@ static __always_inline void ledger_resize(__u64 object, __u32 source, struct tas
  * a function's entry and one at its return (or a witness hook called in
  * between, such as the unpin inside a release). Keyed by pid_tgid.
  */
-/*
- * A task's object between a hook's entry and its return, by pid_tgid. LRU:
- * an entry whose return was missed (a kretprobe past maxactive, a task
- * that never returned) is the first to go when the map is full, so tasks
- * parked in pinning calls cannot make the next ones go uncharged. (Such an
- * eviction leaves pincg_inflight counting one too many: the witnesses then
- * look their map up on every unpin, a cost, not a miscount.)
- */
 #define PINCG_INFLIGHT_MAP(name)                                                                   \
 	struct {                                                                                   \
-		__uint(type, BPF_MAP_TYPE_LRU_HASH);                                               \
+		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
 		__uint(max_entries, 4096);                                                         \
 		__type(key, __u64);                                                                \
 		__type(value, __u64);                                                              \
