@@ -313,8 +313,12 @@ impl Round {
     /// read at most, never a whole round's (its replies to the runtime
     /// have a deadline).
     fn sync_limits(&mut self, cgroup: u64, rel: &str) {
-        let _plugin_waits = self.nri.as_ref().map(|n| n.limits_lock.lock().expect("never poisoned"));
+        let plugin_waits = self.nri.as_ref().map(|n| n.limits_lock.lock().expect("never poisoned"));
         self.limits.sync(self.sampler.ledger(), cgroup, self.mirror.root(), rel);
+        drop(plugin_waits);
+        if let Some(nri) = &self.nri {
+            nri.let_plugin_in();
+        }
     }
 
     fn run(&mut self) -> anyhow::Result<Snapshot> {
@@ -350,7 +354,11 @@ impl Round {
         self.mirror.update(&snapshot.rows, complete, |row| self.limits.seed(row));
         snapshot.limit_errors += self.mirror.errors;
         if let Some(watch) = &mut self.watch {
-            watch.keep(self.mirror.root(), snapshot.rows.iter().filter_map(|r| Some((r.id, r.path.as_deref()?))));
+            let rows = snapshot.rows.iter().filter_map(|r| Some((r.id, r.path.as_deref()?)));
+            // A file written between its seeding above and its watch.
+            for (cgroup, rel) in watch.keep(self.mirror.root(), rows) {
+                self.sync_limits(cgroup, &rel);
+            }
         }
         for row in &snapshot.rows {
             self.freeze_if_over(row);
@@ -377,6 +385,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     preflight::check(opts.pins.root())?;
     info!("configuration: {}", opts.configuration);
+    raise_open_files();
     // A ledger created now never saw the pins already held on the node.
     let fresh_ledger = !opts.pins.map("objects").exists();
     let policy = preflight::Policy::read();
@@ -474,6 +483,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     info!("stopping; BPF programs, the ledger and the limits stay pinned under the pin root");
     Ok(())
+}
+
+/// The soft limit of open files raised to the hard one (systemd gives
+/// services 1024 of 524288): the cgroup walk keeps a descriptor open per
+/// level of nesting, and a delegatee decides how deep that is.
+fn raise_open_files() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct we own.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if !raised {
+        warn!("RLIMIT_NOFILE: {}; the cgroup walk may run out of descriptors", std::io::Error::last_os_error());
+    }
 }
 
 /// The ledger's capacity, and whether `--ledger-objects` and

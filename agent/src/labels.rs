@@ -21,7 +21,7 @@ pub struct Identity {
 /// delegatee naming its own cgroups cannot take another's labels: the first
 /// kubepods cgroup outside `user.slice`, its pod one or two levels below
 /// and the container right below the pod; a VM scope whose ancestors are
-/// all machine partitions (`machine.slice`, `machine-*.slice`, `machine`).
+/// all partitions (`*.slice`, libvirt's `machine` and `*.partition`).
 pub fn identify(path: &str) -> Identity {
     let mut id = Identity::default();
     let segments: Vec<String> = path.split('/').map(unescape_systemd).collect();
@@ -30,7 +30,10 @@ pub fn identify(path: &str) -> Identity {
     if let Some(k) = kubepods.filter(|&k| !segments[..k].iter().any(|s| s == "user.slice")) {
         kubernetes(&segments[k + 1..], &mut id);
     }
-    let in_machine_partitions = |i: usize| i > 0 && segments[..i].iter().all(|s| s.starts_with("machine"));
+    // Partitions only (slices, libvirt's `machine` and `*.partition`), not
+    // a scope or service a delegatee could make a VM scope in.
+    let partition = |s: &String| s == "machine" || s.ends_with(".slice") || s.ends_with(".partition");
+    let in_machine_partitions = |i: usize| i > 0 && segments[..i].iter().all(partition);
     id.vm = segments
         .iter()
         .enumerate()
@@ -207,6 +210,11 @@ mod tests {
         let user = "user.slice/user-1000.slice/user@1000.service";
         assert_eq!(identify(&format!("{user}/kubepods/pod{UID}/{CID}")), Identity::default());
         assert_eq!(identify(&format!("{user}/machine-qemu\\x2d1\\x2dprod.scope")).vm, "");
+        // In a container's scope (systemd-nspawn, libvirt-lxc): no VM.
+        assert_eq!(identify("machine.slice/machine-ct.scope/machine-qemu\\x2d2\\x2dprod.scope").vm, "");
+        // libvirt's custom partitions.
+        assert_eq!(identify("machine/prod.partition/qemu-3-db.libvirt-qemu").vm, "db");
+        assert_eq!(identify("production.slice/machine-qemu\\x2d4\\x2dweb.scope").vm, "web");
         // Inside a VM's scope: the first VM named is the VM.
         assert_eq!(
             identify("machine.slice/machine-qemu\\x2d1\\x2dvm1.scope/machine-qemu\\x2d2\\x2dprod.scope").vm,

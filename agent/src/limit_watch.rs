@@ -42,9 +42,15 @@ impl LimitWatch {
     }
 
     /// Watch the mirror directory of each `(cgroup, rel)` not watched yet,
-    /// and forget the cgroups no longer among them. A directory the round
-    /// has not made yet is watched at a later round.
-    pub fn keep<'a>(&mut self, mirror_root: &Path, cgroups: impl Iterator<Item = (u64, &'a str)>) {
+    /// and forget the cgroups no longer among them; the cgroups watched
+    /// now (their files may have been written before). A directory the
+    /// round has not made yet is watched at a later round.
+    pub fn keep<'a>(
+        &mut self,
+        mirror_root: &Path,
+        cgroups: impl Iterator<Item = (u64, &'a str)>,
+    ) -> Vec<(u64, String)> {
+        let mut added = Vec::new();
         let mut live = HashMap::new();
         for (id, rel) in cgroups {
             live.insert(id, ());
@@ -56,6 +62,7 @@ impl LimitWatch {
                 Ok(wd) => {
                     self.dirs.insert(wd.get_watch_descriptor_id(), (id, rel.to_string()));
                     self.watched.insert(id, wd);
+                    added.push((id, rel.to_string()));
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !self.short_reported => {
                     self.short_reported = true;
@@ -79,6 +86,7 @@ impl LimitWatch {
                 let _ = self.inotify.watches().remove(wd);
             }
         }
+        added
     }
 
     /// Wait up to `timeout` for limit files to be written: the cgroups
@@ -125,7 +133,8 @@ mod tests {
             tree.mkdir(dir);
         }
         let mut watch = LimitWatch::new().unwrap();
-        watch.keep(tree.root(), dirs.iter().enumerate().map(|(i, d)| (i as u64 + 1, *d)));
+        let added = watch.keep(tree.root(), dirs.iter().enumerate().map(|(i, d)| (i as u64 + 1, *d)));
+        assert_eq!(added.len(), dirs.len());
         (tree, watch)
     }
 
@@ -156,13 +165,13 @@ mod tests {
     fn a_removed_directory_and_a_cgroup_no_longer_listed_are_forgotten() {
         let (tree, mut watch) = watched(&["a", "b"]);
         // A directory that does not exist yet is not watched, and no error.
-        watch.keep(tree.root(), [(1, "a"), (2, "b"), (3, "c")].into_iter());
+        assert!(watch.keep(tree.root(), [(1, "a"), (2, "b"), (3, "c")].into_iter()).is_empty());
         assert_eq!(watch.watched.len(), 2);
 
         std::fs::remove_dir(tree.join("a")).unwrap();
         assert!(watch.wait(Duration::from_secs(5)).is_empty());
         assert!(!watch.watched.contains_key(&1), "IN_IGNORED forgets cgroup 1");
-        watch.keep(tree.root(), [(3, "c")].into_iter());
+        assert!(watch.keep(tree.root(), [(3, "c")].into_iter()).is_empty());
         assert!(watch.watched.is_empty() && watch.dirs.is_empty(), "cgroup 2 is no longer listed");
     }
 }

@@ -214,7 +214,9 @@ impl Limits {
         }
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
-        let settled = now - stamp.2.max(stamp.3) >= SETTLED.as_nanos() as i128;
+        // By ctime, which every write sets to now and no writer can set
+        // (a delegatee can put mtime in the future).
+        let settled = now - stamp.3 >= SETTLED.as_nanos() as i128;
         let content = read_small(path);
         self.seen.insert(path.to_path_buf(), (stamp, settled, content.clone()));
         content

@@ -311,9 +311,12 @@ fn create_at(dir: &OwnedFd, name: &str, content: &str, owner: Owner) -> std::io:
     }
 }
 
-/// Write `.name.tmp` and rename it to `name` with renameat2's `rename` flags.
+/// Write `.name.<tid>.tmp` and rename it to `name` with renameat2's `rename` flags.
 fn put_at(dir: &OwnedFd, name: &str, content: &str, owner: Owner, rename: libc::c_uint) -> std::io::Result<()> {
-    let tmp = format!(".{name}.tmp");
+    // One temporary name per thread: the rounds and the NRI plugin write
+    // the same directories.
+    // SAFETY: gettid has no preconditions.
+    let tmp = format!(".{name}.{}.tmp", unsafe { libc::gettid() });
     let ctmp = cname(&tmp)?;
     // A temporary file left by a writer that died.
     match unlink_at(dir, &tmp, 0) {
@@ -476,7 +479,9 @@ mod tests {
         assert_eq!(fs::read_to_string(root.join("other/pins.max")).unwrap(), "max\n", "the other cgroups are mirrored");
         // A symlink planted as the temporary file is removed, never written through.
         let dir = open_dir(&root, "", false).unwrap();
-        std::os::unix::fs::symlink(elsewhere.join("victim"), root.join(".pins.max.tmp")).unwrap();
+        // SAFETY: gettid has no preconditions.
+        let tmp = format!(".pins.max.{}.tmp", unsafe { libc::gettid() });
+        std::os::unix::fs::symlink(elsewhere.join("victim"), root.join(tmp)).unwrap();
         replace_at(&dir, "pins.max", "max\n", Owner::Writer).unwrap();
         assert!(!elsewhere.join("victim").exists());
         assert_eq!(fs::read_to_string(root.join("pins.max")).unwrap(), "max\n");

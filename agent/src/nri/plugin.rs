@@ -39,6 +39,29 @@ pub struct Status {
     /// half written (the new max with the old action, or the reverse)
     /// would put a weaker mix in force until the next round.
     pub limits_lock: Mutex<()>,
+    /// Set while the plugin waits for `limits_lock`: the rounds, which take
+    /// it once per cgroup, let it in (a mutex is not fair: the round thread
+    /// would take it again before the woken plugin runs).
+    pub plugin_waiting: AtomicBool,
+}
+
+impl Status {
+    /// Take `limits_lock` as the plugin.
+    fn lock_limits(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.plugin_waiting.store(true, Ordering::SeqCst);
+        let guard = self.limits_lock.lock().expect("never poisoned");
+        self.plugin_waiting.store(false, Ordering::SeqCst);
+        guard
+    }
+
+    /// As a round, after a cgroup's sync: if the plugin waits, give it the
+    /// lock (for at most 100 ms: it was woken by the unlock).
+    pub fn let_plugin_in(&self) {
+        let since = std::time::Instant::now();
+        while self.plugin_waiting.load(Ordering::SeqCst) && since.elapsed() < std::time::Duration::from_millis(100) {
+            std::thread::yield_now();
+        }
+    }
 }
 
 impl Status {
@@ -179,7 +202,7 @@ impl Plugin {
     /// values), then the kernel's entry, so the limit is enforced when this
     /// returns.
     fn put_in_force(&self, label: &str, cgroup: &str, budget: &Budget) -> Result<(), ApplyError> {
-        let _rounds_wait = self.status.limits_lock.lock().expect("never poisoned");
+        let _rounds_wait = self.status.lock_limits();
         let dir = self.pins.cgroup_root().join(cgroup);
         let ino =
             std::fs::metadata(&dir).map_err(|_| ApplyError::Missing { pod: label.into(), path: dir.clone() })?.ino();

@@ -122,7 +122,7 @@ static __always_inline int rdma_reg_mr(unsigned long arg)
 	struct uverbs_ioctl_hdr hdr = {};
 	struct uverbs_reg_mr cmd = {};
 	__u64 core_in = 0;
-	bool reg_mr = false;
+	bool reg_mr = false, write_cmd = false;
 
 	if (bpf_copy_from_user(&hdr, sizeof(hdr), (void *)arg))
 		return 0;
@@ -136,14 +136,16 @@ static __always_inline int rdma_reg_mr(unsigned long arg)
 		if (bpf_copy_from_user(&attr, sizeof(attr),
 				       (void *)(arg + sizeof(hdr) + i * sizeof(attr))))
 			return 0;
-		if (attr.attr_id == UVERBS_ATTR_WRITE_CMD)
+		if (attr.attr_id == UVERBS_ATTR_WRITE_CMD) {
+			write_cmd = true;
 			reg_mr = attr.data == IB_USER_VERBS_CMD_REG_MR;
-		else if (attr.attr_id == UVERBS_ATTR_CORE_IN && attr.len >= sizeof(cmd))
+		} else if (attr.attr_id == UVERBS_ATTR_CORE_IN && attr.len >= sizeof(cmd))
 			core_in = attr.data;
 	}
-	/* Padding past the attributes read would hide the command: such a
-	 * request (rdma-core sends a handful) is a claim of everything. */
-	if (!reg_mr && hdr.num_attrs > MAX_UVERBS_ATTRS)
+	/* Padding past the attributes read could hide the command or a
+	 * REG_MR's body: such a request (rdma-core sends five attributes at
+	 * most) is a claim of everything. */
+	if (hdr.num_attrs > MAX_UVERBS_ATTRS && (!write_cmd || (reg_mr && !core_in)))
 		return admit_everything(PINCG_SRC_RDMA);
 	if (!reg_mr || !core_in || bpf_copy_from_user(&cmd, sizeof(cmd), (void *)core_in))
 		return 0;

@@ -261,31 +261,24 @@ struct level_walk {
 	__u32 no_usage; /* LEVEL_BUDGET: a level has no usage entry */
 };
 
-/* Compare-and-swap tries of a reservation before it is taken as over. */
-#define PINCG_RESERVE_TRIES 4
-
 /*
  * Add `bytes` to `*reserved` if `pinned` + `*reserved` + `bytes` stays
- * within `max`, compared without overflow (a claim near 2^64 must not wrap
- * into headroom) and swapped in only if within (no other request ever
- * sees a sum over `max`, as an add taken back would show). Contended past
- * PINCG_RESERVE_TRIES, it is over: fail closed.
+ * within `max`, compared without overflow: a claim near 2^64 must not wrap
+ * into headroom. (Added, then taken back if over: a concurrent request may
+ * see the sum over `max` meanwhile, and be refused, as between any two
+ * requests racing for the last headroom.)
  */
 static __always_inline bool reserve_within(__u64 *reserved, __u64 pinned, __u64 max, __u64 bytes)
 {
 	__u64 room = pinned < max ? max - pinned : 0;
-	__u64 old = *(volatile __u64 *)reserved;
+	__u64 old;
 
-	for (int i = 0; i < PINCG_RESERVE_TRIES; i++) {
-		__u64 seen;
-
-		if (old > room || bytes > room - old)
-			return false;
-		seen = __sync_val_compare_and_swap(reserved, old, old + bytes);
-		if (seen == old)
-			return true;
-		old = seen;
-	}
+	if (bytes > room)
+		return false;
+	old = __sync_fetch_and_add(reserved, bytes);
+	if (old <= room - bytes)
+		return true;
+	__sync_fetch_and_add(reserved, -bytes);
 	return false;
 }
 
@@ -338,8 +331,8 @@ static long level_step(__u64 i, struct level_walk *w)
 		return 0;
 	}
 	lim = bpf_map_lookup_elem(&limits, &id);
-	if (!lim)
-		return 0; /* the limit went since the budget was read */
+	if (!lim || lim->max == PINCG_NO_LIMIT)
+		return 0; /* no pins.max (gone since the budget was read, or pins.high only) */
 	if (!u) {
 		w->over |= bit; /* no usage entry: no room to charge */
 		return 0;

@@ -41,8 +41,7 @@ struct vduse_dev___v72 {
 /* A REG_UMEM request between the ioctl's entry and its return. */
 struct reg_request {
 	__u64 dev;
-	__u64 arg; /* the request in user memory */
-	__u64 uaddr;
+	__u64 uaddr; /* unread: the request's own user address */
 	__u32 asid;
 	__u32 read; /* uaddr and asid were read at the entry */
 };
@@ -82,7 +81,7 @@ int BPF_KPROBE(vduse_reg_umem, struct file *file, unsigned int cmd, unsigned lon
 	if (cmd != VDUSE_IOTLB_REG_UMEM)
 		return 0;
 	r.dev = (__u64)BPF_CORE_READ(file, private_data);
-	r.arg = arg;
+	r.uaddr = arg;
 	/* A kprobe cannot fault: a request in a page not resident yet is
 	 * read again at the return, after the kernel's own copy faulted it in. */
 	if (!bpf_probe_read_user(&req, sizeof(req), (void *)arg)) {
@@ -111,17 +110,16 @@ int BPF_KRETPROBE(vduse_reg_umem_done, long ret)
 	if (!r.read) {
 		struct vduse_iova_umem_req req = {};
 
-		if (!bpf_probe_read_user(&req, sizeof(req), (void *)r.arg)) {
-			r.uaddr = req.uaddr;
-			r.asid = req.asid;
-		}
+		r.read = !bpf_probe_read_user(&req, sizeof(req), (void *)r.uaddr);
+		r.uaddr = req.uaddr;
+		r.asid = req.asid;
 	}
 	umem = umem_of((void *)r.dev, r.asid);
 	if (!umem)
 		return 0;
 	/* Unread twice (paged out again in between): charged whole, at an
 	 * address no user page has (the umem's own), so nothing dedups it. */
-	ledger_charge_current(umem, PINCG_SRC_OTHER, r.uaddr ? r.uaddr : umem,
+	ledger_charge_current(umem, PINCG_SRC_OTHER, r.read ? r.uaddr : umem,
 			      BPF_CORE_READ((struct vduse_umem *)umem, npages) * PINCG_PAGE_SIZE);
 	return 0;
 }
