@@ -41,9 +41,9 @@ struct vduse_dev___v72 {
 /* A REG_UMEM request between the ioctl's entry and its return. */
 struct reg_request {
 	__u64 dev;
-	__u64 uaddr; /* unread: the request's own user address */
+	__u64 uaddr;
 	__u32 asid;
-	__u32 read; /* uaddr and asid were read at the entry */
+	__u32 pad;
 };
 
 struct {
@@ -80,15 +80,13 @@ int BPF_KPROBE(vduse_reg_umem, struct file *file, unsigned int cmd, unsigned lon
 
 	if (cmd != VDUSE_IOTLB_REG_UMEM)
 		return 0;
+	/* The request is on the caller's stack or heap, resident: the
+	 * kernel copies the same bytes right after. */
+	if (bpf_probe_read_user(&req, sizeof(req), (void *)arg))
+		return 0;
 	r.dev = (__u64)BPF_CORE_READ(file, private_data);
-	r.uaddr = arg;
-	/* A kprobe cannot fault: a request in a page not resident yet is
-	 * read again at the return, after the kernel's own copy faulted it in. */
-	if (!bpf_probe_read_user(&req, sizeof(req), (void *)arg)) {
-		r.uaddr = req.uaddr;
-		r.asid = req.asid;
-		r.read = 1;
-	}
+	r.uaddr = req.uaddr;
+	r.asid = req.asid;
 	bpf_map_update_elem(&vduse_registering, &tid, &r, BPF_ANY);
 	return 0;
 }
@@ -107,19 +105,10 @@ int BPF_KRETPROBE(vduse_reg_umem_done, long ret)
 	bpf_map_delete_elem(&vduse_registering, &tid);
 	if (ret)
 		return 0;
-	if (!r.read) {
-		struct vduse_iova_umem_req req = {};
-
-		r.read = !bpf_probe_read_user(&req, sizeof(req), (void *)r.uaddr);
-		r.uaddr = req.uaddr;
-		r.asid = req.asid;
-	}
 	umem = umem_of((void *)r.dev, r.asid);
 	if (!umem)
 		return 0;
-	/* Unread twice (paged out again in between): charged whole, at an
-	 * address no user page has (the umem's own), so nothing dedups it. */
-	ledger_charge_current(umem, PINCG_SRC_OTHER, r.read ? r.uaddr : umem,
+	ledger_charge_current(umem, PINCG_SRC_OTHER, r.uaddr,
 			      BPF_CORE_READ((struct vduse_umem *)umem, npages) * PINCG_PAGE_SIZE);
 	return 0;
 }
