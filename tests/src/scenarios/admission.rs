@@ -279,10 +279,25 @@ fn reservations(group: &str, io_uring_refusal: bool) -> Result<()> {
 
     step("processes: 4 processes register a 32 MiB AF_XDP umem each at once: at most 2 pass");
     let mut sockets = racers(&cg, "xdp", "socket")?;
+    let skipped_before = ledger_event_count("program_skipped")?;
     let (replies, peaks) = race(&cg, &mut sockets, "umem 32M")?;
     let ok = outcome("AF_XDP processes", &replies)?;
     within("AF_XDP processes", peaks)?;
-    cg.expect_current(ok as u64 * 32 * MIB)?;
+    if let Err(e) = cg.expect_current(ok as u64 * 32 * MIB) {
+        // 7.x preempts fexit programs: a task preempted inside AF_XDP's
+        // charge makes the kernel skip it for the next task on that CPU. The
+        // miss is counted (program_skipped), never silent; its release is
+        // then an unknown one and leaves nothing behind.
+        let skipped = ledger_event_count("program_skipped")? - skipped_before;
+        ensure!(skipped > 0, "{e:#}");
+        skip(
+            "AF_XDP processes: every admitted umem charged",
+            &format!(
+                "the kernel skipped a charge program {skipped} time(s) (an fexit program preempted; \
+                 docs/limitations.md, \"7.2, fentry/fexit and preemption\"): {e}"
+            ),
+        );
+    }
     drop(sockets);
     cg.expect_current(0)?;
 
