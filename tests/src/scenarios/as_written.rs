@@ -2,7 +2,8 @@
 //! the agent's rounds a minute apart, a limit set by root (`pincg set`: a
 //! file renamed over the old one) and one written in place (`echo >`, as a
 //! delegatee or a script writes) are in force, and rewritten in canonical
-//! form, long before the next round could have read them.
+//! form, long before the next round could have read them. The agent runs
+//! under the systemd unit's settings, as it ships.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,9 @@ const ROUNDS_APART: Duration = Duration::from_secs(120);
 pub fn run() -> Result<()> {
     let vm = Cgroup::create("pincg-as-written/vm")?;
     let interval = ROUNDS_APART.as_millis().to_string();
-    let _agent = Agent::start_with(&["--mode", "enforce", "--interval-ms", &interval])?;
+    // As it ships: under the systemd unit's capabilities and sandbox.
+    let view = crate::shipped::View::unit()?;
+    let _agent = Agent::start_as(&view, &["--mode", "enforce", "--interval-ms", &interval])?;
     // The round run at start made the mirror directory and its watch.
     let started = Instant::now();
     vm.expect_file("pins.max", "max\n")?;
