@@ -6,7 +6,7 @@
 //! watch misses (no watch yet for a new directory, `max_user_watches`
 //! reached, the event queue overflowing) is in force at the next round.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::Duration;
@@ -51,9 +51,9 @@ impl LimitWatch {
         cgroups: impl Iterator<Item = (u64, &'a str)>,
     ) -> Vec<(u64, String)> {
         let mut added = Vec::new();
-        let mut live = HashMap::new();
+        let mut live = HashSet::new();
         for (id, rel) in cgroups {
-            live.insert(id, ());
+            live.insert(id);
             if self.watched.contains_key(&id) {
                 continue;
             }
@@ -75,7 +75,7 @@ impl LimitWatch {
                 Err(_) => {}
             }
         }
-        let gone: Vec<u64> = self.watched.keys().filter(|id| !live.contains_key(id)).copied().collect();
+        let gone: Vec<u64> = self.watched.keys().filter(|id| !live.contains(id)).copied().collect();
         for id in gone {
             let Some(wd) = self.watched.remove(&id) else { continue };
             // A new cgroup of the same name may have taken the directory
